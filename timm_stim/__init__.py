@@ -1,0 +1,12 @@
+"""timm-stim: Stimulative Training (ST) and ST++ (arXiv:2210.04153, arXiv:2305.02507) for timm residual networks.
+
+`import timm_stim` registers the `*_stim` models in timm's registry and exports the public API.
+"""
+from .version import __version__
+from .depth import (
+    Stage, find_stages, register_adapter, supported_families, full_depths, depth_ranges, check_depths,
+    subnetwork, run_subnetworks, MultiDepthForward, valid_depths, export_subnetwork, recalibrate_bn,
+)
+from .sampling import SPACES, DepthSampler, build_space, parse_space, sample_depths, stpp_kept_set
+from .losses import kl, kl_minus, normalize_logits, default_amplitude, smaller_input
+from .trainer import MODES, MODE_DEFAULTS, StimConfig, StimulativeTrainer

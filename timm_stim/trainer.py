@@ -1,0 +1,170 @@
+"""`StimulativeTrainer`: the ST / ST++ training step as a timm `TrainingTask`.
+
+A drop-in for timm's `ClassificationTask` (same constructor, `forward(input, target) -> dict`), so timm's own
+`train.py` and any hand-written loop can use it. The whole step is `forward`, top to bottom.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from timm.task import ClassificationTask
+from timm.utils.model import unwrap_model
+
+from .depth import MultiDepthForward, depth_ranges, find_stages, recalibrate_bn, run_subnetworks
+from .losses import default_amplitude, kl, kl_minus, normalize_logits
+from .sampling import DepthSampler, build_space
+
+__all__ = ['StimConfig', 'StimulativeTrainer', 'MODES', 'MODE_DEFAULTS']
+
+_logger = logging.getLogger(__name__)
+
+MODES = ('off', 'st', 'stpp')
+
+
+@dataclass
+class StimConfig:
+    """Every knob of ST / ST++. `None` fields take the mode's default (`MODE_DEFAULTS`).
+
+    mode: 'off' (plain baseline), 'st' or 'stpp'. subnets: K sub-networks per step (KL terms summed).
+    space: 'st', 'stpp' or per-stage kept-sets. loss: 'kl' or 'kl-'. temperature: T. weight: lambda.
+    amplitude: A of KL- (default sqrt(1000 / C)). main_on_normalized: compute the main loss on A * LN(z_main),
+    as the released ST++ code does. min_scale: sub-network input side uniform in [int(min_scale * H), H]
+    (1.0 disables smaller inputs). seed: seed of the sub-network sampler.
+    """
+    mode: str = 'stpp'
+    subnets: Optional[int] = None
+    space: Optional[Union[str, Sequence[Sequence[int]]]] = None
+    loss: Optional[str] = None
+    temperature: float = 1.0
+    weight: float = 1.0
+    amplitude: Optional[float] = None
+    main_on_normalized: Optional[bool] = None
+    min_scale: Optional[float] = None
+    seed: int = 0
+
+    def resolved(self) -> 'StimConfig':
+        if self.mode not in MODES:
+            raise ValueError(f'unknown stim mode {self.mode!r}: use one of {MODES}.')
+        defaults = MODE_DEFAULTS[self.mode]
+        out = StimConfig(**{k: (defaults.get(k) if v is None else v) for k, v in asdict(self).items()})
+        if out.loss not in ('kl', 'kl-'):
+            raise ValueError(f"unknown stim loss {out.loss!r}: use 'kl' or 'kl-'.")
+        if out.subnets < 0:
+            raise ValueError(f'subnets must be >= 0, got {out.subnets}.')
+        if not 0 < out.min_scale <= 1:
+            raise ValueError(f'min_scale must be in (0, 1], got {out.min_scale}.')
+        if out.temperature <= 0:
+            raise ValueError(f'temperature must be > 0, got {out.temperature}.')
+        return out
+
+
+MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    # the baseline: same recipe with no sub-network (lambda = 0)
+    'off': dict(subnets=0, space='st', loss='kl', main_on_normalized=False, min_scale=1.0),
+    # ST (NeurIPS 2022): one sub-network from the full space, plain KL, full-size input
+    'st': dict(subnets=1, space='st', loss='kl', main_on_normalized=False, min_scale=1.0),
+    # ST++ released recipe: K = 6, space3-style rule, KL-, random smaller inputs, main CE on A * LN(z)
+    'stpp': dict(subnets=6, space='stpp', loss='kl-', main_on_normalized=True, min_scale=0.43),
+}
+
+
+class StimulativeTrainer(ClassificationTask):
+    """ST / ST++ as a timm training task: `out = trainer(images, targets)`.
+
+    Returns `{'loss', 'output', 'loss_main', 'loss_kl', 'depths', 'sizes'}`: total loss, the full network's raw
+    logits, the main loss, a tensor of the K KL terms, and the sampled depths and input sizes of each
+    sub-network. Takes any timm loss (`criterion`, or `criterion_kwargs` for `create_classification_loss`),
+    including mixup / cutmix soft targets, label smoothing and BCE. With `mode='off'` it equals
+    `ClassificationTask`.
+    """
+
+    def __init__(
+            self,
+            model: nn.Module,
+            criterion: Optional[Union[nn.Module, Callable]] = None,
+            criterion_kwargs: Optional[Dict[str, Any]] = None,
+            stim: Optional[StimConfig] = None,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+            verbose: bool = True,
+            **stim_kwargs: Any,
+    ):
+        super().__init__(model, criterion, criterion_kwargs=criterion_kwargs, device=device, dtype=dtype,
+                         verbose=verbose)
+        if stim is not None and stim_kwargs:
+            raise ValueError('pass either stim=StimConfig(...) or keyword knobs, not both.')
+        self.stim = (stim or StimConfig(**stim_kwargs)).resolved()
+        if self.stim.mode != 'off':
+            stages = find_stages(model)
+            space = build_space(self.stim.space, depth_ranges(stages))
+        else:
+            space = []
+        self.sampler = DepthSampler(space, seed=self.stim.seed)
+        num_classes = getattr(model, 'num_classes', None) or 1000
+        self.amplitude = self.stim.amplitude if self.stim.amplitude is not None else default_amplitude(num_classes)
+        if verbose and self.stim.mode != 'off':
+            _logger.info(f'StimulativeTrainer: {self.stim}, {len(self.sampler)} sub-network configurations, '
+                         f'A={self.amplitude:.3g}')
+
+    # ------------------------------------------------------------------------------------------- the step
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, Any]:
+        """One ST++ step: full network, K sampled sub-networks on smaller copies, main loss + summed KL."""
+        cfg = self.stim
+        plan = [(self.sampler.sample_depths(), self.sampler.sample_size(input.shape[-2], cfg.min_scale))
+                for _ in range(cfg.subnets)]
+        outputs = self._passes(input, plan)
+        z_main = outputs[0]
+        direction_only = cfg.loss == 'kl-'
+
+        main_logits = normalize_logits(z_main, self.amplitude) if direction_only and cfg.main_on_normalized else z_main
+        loss_main = self.criterion(main_logits, target)
+        if direction_only:
+            kls = [kl_minus(z_main, z_sub, cfg.temperature, self.amplitude) for z_sub in outputs[1:]]
+        else:
+            kls = [kl(z_main, z_sub, cfg.temperature) for z_sub in outputs[1:]]
+        loss_kl = torch.stack(kls) if kls else z_main.new_zeros(0)
+        loss = loss_main + cfg.weight * loss_kl.sum() if kls else loss_main
+        return {
+            'loss': loss,
+            'output': z_main,
+            'loss_main': loss_main.detach(),
+            'loss_kl': loss_kl.detach(),
+            'depths': [d for d, _ in plan],
+            'sizes': [s if s is not None else input.shape[-2] for _, s in plan],
+        }
+
+    def _passes(self, input: torch.Tensor, plan) -> list:
+        module = self.trainable_module
+        if isinstance(module, (nn.parallel.DistributedDataParallel, MultiDepthForward)):
+            return module(input, plan)  # one forward of the wrapped module: full network + K sub-networks
+        return run_subnetworks(module, input, plan)
+
+    # --------------------------------------------------------------------------------------------- timm API
+    def prepare_distributed(self, device_ids: Optional[list] = None, **ddp_kwargs) -> 'StimulativeTrainer':
+        """Wrap the model in DDP so that the full network and all K sub-networks share one forward/backward."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        if ddp_kwargs.get('find_unused_parameters') or ddp_kwargs.get('static_graph'):
+            raise ValueError('StimulativeTrainer uses every parameter in the full pass: keep '
+                             'find_unused_parameters=False and static_graph=False.')
+        if device_ids is not None and all(not isinstance(d, int) and torch.device(d).type == 'cpu'
+                                          for d in device_ids):
+            device_ids = None  # DDP on CPU takes no device_ids
+        self.trainable_module = DDP(MultiDepthForward(self.trainable_module), device_ids=device_ids, **ddp_kwargs)
+        return self
+
+    def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
+        """The sampler's RNG state, so that a resumed run draws the same sub-networks."""
+        return {} if ema else {'stim_sampler': self.sampler.state_dict()}
+
+    def load_task_state(self, state: Optional[Dict[str, Any]], strict: bool = True,
+                        module: Optional[nn.Module] = None, ema: bool = False) -> None:
+        if state and 'stim_sampler' in state and not ema:
+            self.sampler.load_state_dict(state['stim_sampler'])
+
+    def recalibrate_bn(self, batches: Iterable, num_images: int = 2000) -> int:
+        """Re-estimate BN statistics with the full network (ST: after every epoch, ~2,000 images)."""
+        return recalibrate_bn(unwrap_model(self.trainable_module), batches, num_images)
