@@ -148,6 +148,8 @@ def _as_stages(model_or_stages) -> List[Stage]:
 
 def check_depths(stages: Sequence[Stage], depths: Sequence[int]) -> Depths:
     """Validate a per-stage kept-depth tuple against `stages`; returns it as a tuple of ints."""
+    if any(isinstance(d, bool) or int(d) != d for d in depths):
+        raise ValueError(f'depths {tuple(depths)} must be integers (blocks kept per stage).')
     depths = tuple(int(d) for d in depths)
     if len(depths) != len(stages):
         raise ValueError(f'depths {depths} has {len(depths)} entries; the model has {len(stages)} stages '
@@ -201,7 +203,7 @@ def run_subnetworks(
         with subnetwork(model, depths):
             try:
                 outputs.append(model(xs))
-            except RuntimeError as e:
+            except (RuntimeError, AssertionError) as e:  # timm's size checks raise AssertionError
                 if xs.shape[-1] == x.shape[-1]:
                     raise
                 raise ValueError(
@@ -259,18 +261,21 @@ def recalibrate_bn(
     (momentum=None); the last batch is trimmed so that exactly `num_images` images are seen when available.
     Batches are tensors or (input, target) tuples. Returns the number of images used.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return 0
-    was_training = model.training
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    seen = 0
-    model.train()
-    try:
-        with subnetwork(model, depths):
+    if num_images < 1:
+        raise ValueError(f'num_images must be >= 1, got {num_images}.')
+    with subnetwork(model, depths):
+        # only the BN layers this (sub-)network runs: a skipped block keeps the full network's statistics
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return 0
+        was_training = model.training
+        momenta = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        seen = 0
+        model.train()
+        try:
             for batch in batches:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 x = x[:num_images - seen]
@@ -278,8 +283,8 @@ def recalibrate_bn(
                 seen += x.shape[0]
                 if seen >= num_images:
                     break
-    finally:
-        for bn, m in zip(bns, momenta):
-            bn.momentum = m
-        model.train(was_training)
+        finally:
+            for bn, m in zip(bns, momenta):
+                bn.momentum = m
+            model.train(was_training)
     return seen

@@ -38,11 +38,14 @@ def parse_space(text: str) -> Space:
     for part in text.split('|'):
         kept = set()
         for tok in filter(None, (t.strip() for t in part.split(','))):
-            if '-' in tok:
-                a, b = tok.split('-', 1)
-                kept.update(range(int(a), int(b) + 1))
-            else:
-                kept.add(int(tok))
+            try:
+                a, b = (int(v) for v in tok.split('-', 1)) if '-' in tok else (int(tok), int(tok))
+            except ValueError:
+                raise ValueError(f'bad kept-set entry {tok!r} in {text!r}: write depths like "3|3,4|3-6|3" '
+                                 f'(stages split by "|", values by ",", ranges "lo-hi").') from None
+            if a > b:
+                raise ValueError(f'bad kept-set range {tok!r} in {text!r}: write it as lo-hi with lo <= hi.')
+            kept.update(range(a, b + 1))
         space.append(sorted(kept))
     return space
 

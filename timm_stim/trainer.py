@@ -72,6 +72,23 @@ MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
 }
 
 
+def _check_smaller_inputs(model: nn.Module, cfg: StimConfig) -> None:
+    """Refuse random smaller inputs (ST++ §3.2) for a model whose patch embedding needs a fixed input size."""
+    if cfg.subnets == 0 or cfg.min_scale >= 1:
+        return
+    patch_embed = getattr(unwrap_model(model), 'patch_embed', None)
+    if patch_embed is None:
+        return
+    fix = ('create the model with dynamic_img_size=True, dynamic_img_pad=True, or use min_scale=1.0 '
+           '(no smaller inputs).')
+    if getattr(patch_embed, 'strict_img_size', False):
+        raise ValueError(f'{type(unwrap_model(model)).__name__} accepts only {patch_embed.img_size} inputs, but '
+                         f'min_scale={cfg.min_scale} feeds sub-networks smaller ones: {fix}')
+    if not getattr(patch_embed, 'dynamic_img_pad', True) and max(getattr(patch_embed, 'patch_size', (1,))) > 1:
+        raise ValueError(f'{type(unwrap_model(model)).__name__} needs input sides divisible by its patch size '
+                         f'{patch_embed.patch_size}, but min_scale={cfg.min_scale} draws any side: {fix}')
+
+
 class StimulativeTrainer(ClassificationTask):
     """ST / ST++ as a timm training task: `out = trainer(images, targets)`.
 
@@ -99,6 +116,7 @@ class StimulativeTrainer(ClassificationTask):
             raise ValueError('pass either stim=StimConfig(...) or keyword knobs, not both.')
         self.stim = (stim or StimConfig(**stim_kwargs)).resolved()
         if self.stim.mode != 'off':
+            _check_smaller_inputs(model, self.stim)
             stages = find_stages(model)
             space = build_space(self.stim.space, depth_ranges(stages))
         else:
@@ -155,6 +173,25 @@ class StimulativeTrainer(ClassificationTask):
             device_ids = None  # DDP on CPU takes no device_ids
         self.trainable_module = DDP(MultiDepthForward(self.trainable_module), device_ids=device_ids, **ddp_kwargs)
         return self
+
+    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
+        """Compile each residual block in place (`nn.Module.compile`), not the whole model.
+
+        A whole-model compile recompiles for every new sub-network and falls back to eager after a few; per-block
+        graphs are shared by all sub-networks. State-dict keys are unchanged. Call before `prepare_distributed`.
+        """
+        import torch._dynamo
+        model = unwrap_model(self.trainable_module)
+        blocks = [b for s in find_stages(model) for b in list(s.container.children())[s.start:s.start + s.num_blocks]]
+        # blocks of one class share a code object, and each input size is a graph: allow many graphs
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, 64)
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 64 * len(blocks))
+        compile_kwargs.setdefault('dynamic', False)  # symbolic shapes of resized inputs trip inductor (torch 2.14)
+        for block in blocks:
+            block.compile(backend=backend, mode=mode, **compile_kwargs)
+        self.eval_model = model
+        return model
 
     def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
         """The sampler's RNG state, so that a resumed run draws the same sub-networks."""

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Baseline training throughput: timm-stim's in-memory tensor data path vs a plain PyTorch loop.
+
+Plain loop: torchvision `ImageFolder` + `DataLoader(num_workers=2)` with RandomCrop(32, padding=4),
+RandomHorizontalFlip, ToTensor, Normalize. Ours: `timm_stim.data.TensorLoader` (decoded once into a uint8 cache,
+whole-batch crop / flip / normalise) feeding `StimulativeTrainer(mode='off')`, optionally with channels-last and
+per-block `torch.compile` (`timm-stim-train --channels-last --torchcompile`). Same model, batch, optimizer and
+loss (SGD momentum 0.9, cross-entropy). Variants run interleaved for several rounds (the median counts), so a
+load change on the machine hits all of them alike.
+
+    python benchmarks/throughput.py --data-dir ../shared/data/cifar10 --model cifar_resnet20
+
+Writes benchmarks/results/throughput.json (command, commit, machine, numbers). Target: ours >= 1.2x plain.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import timm  # noqa: E402
+import timm_stim  # noqa: E402,F401
+from timm_stim.data import TensorLoader, load_image_tensors  # noqa: E402
+from timm_stim.train import compile_blocks  # noqa: E402
+from timm_stim.trainer import StimulativeTrainer  # noqa: E402
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def _model(name: str, channels_last: bool = False, compiled: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    m = timm.create_model(name, num_classes=10).train()
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    if compiled:
+        compile_blocks(m)
+    return m
+
+
+def _time_steps(step, batches, warmup: int, steps: int) -> float:
+    it = iter(batches)
+    for _ in range(warmup):
+        step(*next(it))
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(steps):
+        x, y = next(it)
+        step(x, y)
+        n += x.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def plain_loop(args, model_name: str) -> float:
+    """torchvision ImageFolder + DataLoader(num_workers) + a hand-written step (the reference)."""
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    ds = ImageFolder(os.path.join(args.data_dir, 'train'), transform=tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                         drop_last=True, persistent_workers=False)
+    model = _model(model_name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    crit = nn.CrossEntropyLoss()
+
+    def step(x, y):
+        loss = crit(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    try:
+        return _time_steps(step, loader, args.warmup, args.steps)
+    finally:
+        del loader
+
+
+def ours(args, model_name: str, data, channels_last: bool, compiled: bool, epoch: int) -> float:
+    """timm-stim baseline: TensorLoader + StimulativeTrainer(mode='off')."""
+    loader = TensorLoader(data, args.batch_size, True, MEAN, STD, seed=0, channels_last=channels_last)
+    loader.set_epoch(epoch)
+    model = _model(model_name, channels_last, compiled)
+    task = StimulativeTrainer(model, criterion=nn.CrossEntropyLoss(), mode='off', verbose=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def step(x, y):
+        loss = task(x, y)['loss']
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return _time_steps(step, loader, args.warmup + (3 if compiled else 0), args.steps)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--data-dir', default=str(ROOT / '..' / 'shared' / 'data' / 'cifar10'))
+    p.add_argument('--model', default='cifar_resnet20')
+    p.add_argument('-b', '--batch-size', type=int, default=128)
+    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--warmup', type=int, default=5)
+    p.add_argument('--steps', type=int, default=25)
+    p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--no-compile', action='store_true', help='skip the torch.compile variants')
+    p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'throughput.json'))
+    args = p.parse_args()
+    if not os.path.isdir(os.path.join(args.data_dir, 'train')):
+        raise FileNotFoundError(f'{args.data_dir}/train not found: pass --data-dir with a CIFAR-10 image folder.')
+
+    load_start = os.getloadavg()
+    t0 = time.perf_counter()
+    data = load_image_tensors('', args.data_dir, 'train')
+    cache_s = time.perf_counter() - t0
+
+    variants = {'plain_imagefolder_dataloader': None, 'ours': (False, False), 'ours_channels_last': (True, False)}
+    if not args.no_compile:
+        variants.update({'ours_compile_blocks': (False, True), 'ours_channels_last_compile_blocks': (True, True)})
+    rates = {k: [] for k in variants}
+    errors = {}
+    for r in range(args.rounds):
+        for name, cfg in variants.items():
+            if name in errors:
+                continue
+            try:
+                rate = plain_loop(args, args.model) if cfg is None else ours(args, args.model, data, *cfg, epoch=r)
+            except Exception as e:  # e.g. no C++ compiler for inductor: record, keep going
+                errors[name] = f'{type(e).__name__}: {e}'[:500]
+                continue
+            rates[name].append(rate)
+            print(f'round {r}: {name:36s} {rate:8.1f} img/s', flush=True)
+
+    med = {k: statistics.median(v) for k, v in rates.items() if v}
+    plain = med['plain_imagefolder_dataloader']
+    ours_best = max((k for k in med if k.startswith('ours')), key=lambda k: med[k])
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = None
+    result = dict(
+        command=' '.join([sys.executable.split('/')[-1], 'benchmarks/throughput.py'] + sys.argv[1:]),
+        commit=commit,
+        machine=dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
+                     torch=torch.__version__, timm=timm.__version__, torch_threads=torch.get_num_threads(),
+                     loadavg_start=load_start, loadavg_end=os.getloadavg()),
+        setup=dict(model=args.model, batch_size=args.batch_size, dataloader_workers=args.workers,
+                   warmup_steps=args.warmup, timed_steps=args.steps, rounds=args.rounds,
+                   train_images=len(data), cache_load_or_build_s=round(cache_s, 2)),
+        img_per_s={k: dict(median=round(med[k], 1), rounds=[round(x, 1) for x in v]) for k, v in rates.items() if v},
+        ratio_vs_plain={k: round(v / plain, 3) for k, v in med.items()},
+        best_ours=ours_best,
+        best_ratio=round(med[ours_best] / plain, 3),
+        target_ratio=1.2,
+        errors=errors,
+    )
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps({k: result[k] for k in ('ratio_vs_plain', 'best_ours', 'best_ratio')}, indent=2))
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,95 @@
+"""Shared pytest fixtures for timm-stim.
+
+Fixtures (all generic, usable by every test module):
+- `repo_root`: the repository root (a `pathlib.Path`).
+- `cifar10_root`: `<repo>/../shared/data/cifar10` (JPEG ImageFolder, `train/` and `val/`); the test is skipped
+  when it is absent. `cifar10_dir()` (plain function) returns the same path or None, for module-level skips.
+- `cifar10_subset`: a function `(split, per_class, offset=0) -> (images uint8 [N, 3, 32, 32], labels int64 [N])`
+  decoding the first `per_class` JPEGs (sorted names, after skipping `offset`) of every class; results are cached
+  for the whole session, so several tests share one decode.
+- `cifar10_normalize`: `uint8 images -> float32`, normalised with CIFAR-10 mean / std.
+
+Torch uses at most `TIMM_STIM_TEST_THREADS` intra-op threads (default: min(4, cpu count)) so that tests do not
+oversubscribe small CI machines.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+torch.set_num_threads(int(os.environ.get('TIMM_STIM_TEST_THREADS', min(4, os.cpu_count() or 1))))
+
+
+def cifar10_dir() -> Optional[Path]:
+    """`<repo>/../shared/data/cifar10` when it holds `train/` and `val/`, else None."""
+    root = (REPO_ROOT / '..' / 'shared' / 'data' / 'cifar10').resolve()
+    return root if (root / 'train').is_dir() and (root / 'val').is_dir() else None
+
+
+def require_cifar10() -> Path:
+    """The CIFAR-10 folder, or skip the calling test with a reason."""
+    root = cifar10_dir()
+    if root is None:
+        pytest.skip('CIFAR-10 JPEG folder not found at ../shared/data/cifar10 (relative to the repo root)')
+    return root
+
+
+@functools.lru_cache(maxsize=None)
+def load_cifar10_subset(split: str, per_class: int, offset: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Decode `per_class` images per class of `split` ('train' or 'val'); cached per process."""
+    from PIL import Image
+    root = require_cifar10()
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f'no CIFAR-10 split {split!r} at {split_dir}')
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        files = sorted((split_dir / cls).glob('*.jpg'))[offset:offset + per_class]
+        if len(files) < per_class:
+            raise ValueError(f'{split_dir / cls} has only {len(files)} images after offset {offset}, '
+                             f'asked for {per_class}')
+        for f in files:
+            with Image.open(f) as im:
+                arr = torch.frombuffer(bytearray(im.convert('RGB').tobytes()), dtype=torch.uint8)
+            images.append(arr.view(32, 32, 3).permute(2, 0, 1))
+            labels.append(label)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def normalize_cifar10(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float32, normalised with the CIFAR-10 mean / std."""
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    return (images.float() / 255. - mean) / std
+
+
+@pytest.fixture(scope='session')
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope='session')
+def cifar10_root() -> Path:
+    return require_cifar10()
+
+
+@pytest.fixture(scope='session')
+def cifar10_subset():
+    """`(split, per_class, offset=0) -> (uint8 images, labels)`; skips the test when CIFAR-10 is absent."""
+    require_cifar10()
+    return load_cifar10_subset
+
+
+@pytest.fixture(scope='session')
+def cifar10_normalize():
+    return normalize_cifar10

@@ -1,0 +1,221 @@
+"""The model zoo against timm's own model-test patterns (its tests/test_models.py), over every `*_stim` name."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import timm
+import torch
+from timm.models._manipulate import group_parameters
+
+import timm_stim
+from timm_stim.models import STIM_BASES, CifarResNet
+from timm_stim.models.stim_zoo import CifarResNetStim, MobileNetV3Stim, ResNetStim
+
+STIM_MODELS = timm.list_models('*_stim')
+CIFAR_BASES = timm.list_models('cifar_*', exclude_filters='*_stim')
+EARLY_POOL = (MobileNetV3Stim,)  # pool before the head conv, as in timm's EARLY_POOL_MODELS
+EXPECTED = {
+    'resnet18_stim', 'resnet34_stim', 'resnet50_stim', 'resnet101_stim', 'wide_resnet50_2_stim',
+    'wide_resnet101_2_stim', 'mobilenetv3_large_100_stim', 'mobilenetv3_small_100_stim', 'cifar_resnet20_stim',
+    'cifar_resnet32_stim', 'cifar_resnet44_stim', 'cifar_resnet56_stim', 'cifar_resnet110_stim',
+    'cifar_wrn16_4_stim', 'cifar_wrn28_10_stim',
+}
+
+
+def test_registered_names():
+    assert set(STIM_MODELS) == EXPECTED
+    assert set(CIFAR_BASES) == {'cifar_resnet20', 'cifar_resnet32', 'cifar_resnet44', 'cifar_resnet56',
+                                'cifar_resnet110', 'cifar_wrn16_4', 'cifar_wrn28_10'}
+    # own registry modules, not timm's: nothing of ours in timm's `resnet` / `mobilenetv3` listings
+    assert set(timm.list_models(module='stim_zoo')) == EXPECTED
+    assert set(timm.list_models(module='cifar_resnet')) == set(CIFAR_BASES)
+    assert not [n for n in timm.list_models(module=['resnet', 'mobilenetv3']) if 'stim' in n or 'cifar' in n]
+    for name, base in STIM_BASES.items():
+        assert timm.is_model(base) and name == base + '_stim'
+
+
+def test_import_registers_without_warnings():
+    code = textwrap.dedent('''
+        import io, logging, warnings
+        import timm
+        buf = io.StringIO()
+        logging.getLogger().addHandler(logging.StreamHandler(buf))
+        logging.getLogger().setLevel(logging.DEBUG)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            import timm_stim
+        msgs = [str(w.message) for w in caught] + [l for l in buf.getvalue().splitlines() if l]
+        print(len(timm.list_models('*_stim')), msgs)
+    ''')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f'{len(EXPECTED)} []', out.stdout + out.stderr
+
+
+def test_unknown_model_gets_timms_error():
+    with pytest.raises(RuntimeError, match='Unknown model'):
+        timm.create_model('resnet50_stimm')
+    with pytest.raises(RuntimeError, match='Unknown model'):
+        timm.create_model('cifar_resnet21_stim')
+
+
+@pytest.mark.parametrize('name', STIM_MODELS)
+def test_model_forward_backward_cfg(name):
+    """timm's forward / backward / default-cfg checks on one model instance (creation dominates on CPU)."""
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    assert isinstance(model, (ResNetStim, MobileNetV3Stim, CifarResNetStim))
+    cfg = model.pretrained_cfg
+    state_dict = model.state_dict()
+    assert cfg['first_conv'] + '.weight' in state_dict
+    assert cfg['classifier'] + '.weight' in state_dict
+    assert cfg['paper_ids'] == 'arXiv:2305.02507' and cfg['license'] and cfg['description']
+    assert model.num_classes == cfg['num_classes'] and model.num_features > 0 and model.head_hidden_size > 0
+    assert (model.num_classes == 10) == name.startswith('cifar_')
+    # pool_size: the default input's spatial size divided by the network's reduction
+    reduction = model.feature_info[-1]['reduction']
+    assert tuple(s // reduction for s in cfg['input_size'][1:]) == tuple(cfg['pool_size'])
+
+    # forward / backward: every parameter receives a gradient
+    side = 32  # CIFAR nets at their native size; ImageNet nets small (1x1 final map): fast on CPU
+    x = torch.randn(2, 3, side, side)
+    model.train()
+    out = model(x)
+    assert out.shape == (2, model.num_classes) and torch.isfinite(out).all()
+    out.mean().backward()
+    params = dict(model.named_parameters())
+    no_grad = [n for n, p in params.items() if p.grad is None]
+    assert not no_grad, f'{len(no_grad)} parameters got no gradient: {no_grad[:5]}'
+
+    # forward_features / forward_head(pre_logits) / reset_classifier, as timm's test_model_default_cfgs
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape[1] == model.num_features
+        assert feats.shape[2:] == (side // reduction, side // reduction)
+        pre = model.forward_head(feats, pre_logits=True)
+        assert pre.shape == (2, model.head_hidden_size)
+        model.reset_classifier(0)
+        assert model.num_classes == 0
+        assert model(x).shape == pre.shape
+        if not isinstance(model, EARLY_POOL):
+            model.reset_classifier(0, '')
+            assert model(x).shape == feats.shape
+        model.reset_classifier(7, 'avg')
+        assert model(x).shape == (2, 7)
+
+    # group_matcher covers every parameter (timm's layer-decay / param grouping)
+    groups = group_parameters(model, model.group_matcher())
+    assert sorted(n for names in groups.values() for n in names) == sorted(dict(model.named_parameters()))
+
+
+@pytest.mark.parametrize('name', STIM_MODELS)
+def test_features_only(name):
+    """features_only works (timm's feature wrapper around the full network) with channels per feature_info."""
+    model = timm.create_model(name, features_only=True).eval()
+    side = 32  # CIFAR nets at their native size; ImageNet nets small (1x1 final map): fast on CPU
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, side, side))
+    assert [f.shape[1] for f in feats] == model.feature_info.channels()
+    assert [side // f.shape[-1] for f in feats] == model.feature_info.reduction()
+    # the elastic-depth API needs the classification model: the wrapper is refused clearly
+    with pytest.raises(TypeError, match='Supported families'):
+        timm_stim.find_stages(model)
+
+
+@pytest.mark.parametrize('name', ['resnet50_stim', 'mobilenetv3_large_100_stim', 'cifar_resnet20_stim',
+                                  'cifar_wrn16_4_stim'])
+def test_strict_load_of_timm_base_weights(name):
+    """`<arch>_stim` has exactly `<arch>`'s layout: timm-initialised weights load strictly, outputs match."""
+    torch.manual_seed(1)
+    base = timm.create_model(STIM_BASES[name]).eval()
+    model = timm.create_model(name).eval()
+    model.load_state_dict(base.state_dict(), strict=True)
+    assert list(model.state_dict()) == list(base.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), base(x))
+
+
+def test_base_layouts_identical_for_all():
+    """Same state-dict keys and shapes as the base timm model for every `_stim` name (meta device: cheap)."""
+    for name, base in STIM_BASES.items():
+        with torch.device('meta'):
+            a = timm.create_model(name).state_dict()
+            b = timm.create_model(base).state_dict()
+        assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}, name
+
+
+@pytest.mark.parametrize('name,params_m', [
+    ('cifar_resnet20', 0.27), ('cifar_resnet32', 0.46), ('cifar_resnet44', 0.66), ('cifar_resnet56', 0.85),
+    ('cifar_resnet110', 1.7), ('cifar_wrn16_4', 2.7), ('cifar_wrn28_10', 36.5)])
+def test_cifar_architectures(name, params_m):
+    """Parameter counts of the papers (arXiv:1512.03385 Table 6, arXiv:1605.07146 Table 4) and the stage rule."""
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    n = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(n - params_m) / params_m < 0.03, n
+    layers = {'cifar_wrn16_4': 2, 'cifar_wrn28_10': 4}.get(name, (int(name[len('cifar_resnet'):]) - 2) // 6)
+    stages = timm_stim.find_stages(model)
+    assert [s.name for s in stages] == ['layer1', 'layer2', 'layer3']
+    assert [(s.num_blocks, s.min_depth) for s in stages] == [(layers, 1)] * 3
+    for s in stages:
+        assert isinstance(s.container, torch.nn.Sequential)
+        assert all(b.downsample is None for b in list(s.container)[1:])
+    # projection shortcut exactly where channels or stride change
+    assert (model.layer1[0].downsample is None) == name.startswith('cifar_resnet')
+    assert model.layer2[0].downsample is not None and model.layer3[0].downsample is not None
+    assert model.num_features == model.layer3[-1].conv2.out_channels
+
+
+def test_cifar_no_droppable_block_refused():
+    with pytest.raises(TypeError, match='no droppable'):
+        timm_stim.find_stages(CifarResNet(layers=(1, 1, 1)))
+    with pytest.raises(ValueError, match='three stages'):
+        CifarResNet(layers=(3, 3))
+    with pytest.raises(ValueError, match='block='):
+        CifarResNet(block='bottleneck')
+
+
+@pytest.mark.parametrize('name', ['cifar_resnet20_stim', 'cifar_wrn16_4_stim'])
+def test_cifar_grad_checkpointing_and_script(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, drop_path_rate=0.1)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        model.set_grad_checkpointing(True)
+        assert torch.allclose(model(x), ref)
+        scripted = torch.jit.script(model)
+        assert torch.allclose(scripted(x), ref, atol=1e-6)
+    model.train()
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_create_kwargs_and_pickle(tmp_path):
+    model = timm.create_model('cifar_resnet20_stim', num_classes=100, in_chans=1, drop_rate=0.2)
+    assert model.fc.out_features == 100 and model.conv1.in_channels == 1
+    path = tmp_path / 'm.pt'
+    torch.save(model, path)
+    loaded = torch.load(path, weights_only=False)
+    assert type(loaded) is CifarResNetStim
+
+
+@pytest.mark.parametrize('name', ['cifar_resnet20_stim', 'cifar_wrn16_4_stim', 'resnet18_stim'])
+def test_forward_intermediates(name):
+    """timm's intermediates API, also at a set depth (it runs the same sub-network as forward_features)."""
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for depths in (None, [1] * len(timm_stim.find_stages(model))):
+            model.set_depth(depths)
+            final, inter = model.forward_intermediates(x)
+            assert torch.allclose(final, model.forward_features(x))
+            assert [t.shape[1] for t in inter] == [f['num_chs'] for f in model.feature_info]
+            assert model.forward_intermediates(x, indices=1, intermediates_only=True)[0].shape == inter[-1].shape
+        getter = timm.create_model(name, features_only=True, feature_cls='getter').eval()
+        assert [f.shape[1] for f in getter(x)] == getter.feature_info.channels()

@@ -1,0 +1,274 @@
+"""Short real runs of `timm-stim-train` / `timm-stim-validate` / the upstream launcher on a CIFAR-10 subset."""
+import argparse
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR = REPO / '..' / 'shared' / 'data' / 'cifar10'
+UPSTREAM = Path('/work/.mirror/huggingface+pytorch-image-models/repo')
+
+needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason='CIFAR-10 not at ../shared/data/cifar10')
+
+# cifar_resnet20, 64-160 images, batch 32: each run is a few seconds. ST++ runs use --stim-min-scale 0.85 (inputs
+# 27..32 px): every new input size costs oneDNN a one-off kernel set-up, which dominates runs this short.
+BASE = ['--data-dir', str(CIFAR), '--model', 'cifar_resnet20', '-b', '32', '--warmup-epochs', '0', '--lr', '0.05',
+        '--log-interval', '2', '--seed', '1']
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _cache(tmp_path_factory):
+    """Decoded-image cache shared by this module's runs (and their subprocesses), outside the repository."""
+    old = os.environ.get('TIMM_STIM_CACHE')
+    os.environ['TIMM_STIM_CACHE'] = str(tmp_path_factory.mktemp('stim_cache'))
+    yield
+    if old is None:
+        os.environ.pop('TIMM_STIM_CACHE', None)
+    else:
+        os.environ['TIMM_STIM_CACHE'] = old
+
+
+def _load(path):
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _env():
+    # same thread count as this process: CPU results are bit-identical only for equal thread counts
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+
+
+def _train(*argv):
+    from timm_stim.train import main
+    return main(BASE + list(argv))
+
+
+@pytest.fixture(scope='module')
+def stpp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('stpp')
+    res = _train('--train-subset', '128', '--val-subset', '64', '--epochs', '2', '--stim-mode', 'stpp',
+                 '--stim-subnets', '1', '--stim-min-scale', '0.85', '--stim-bn-recalib', '64', '--output', str(out), '--experiment', 'run')
+    return Path(res['output_dir']), res
+
+
+# ------------------------------------------------------------------------------------------ real runs
+@needs_cifar
+def test_stpp_writes_checkpoint_summary_plot(stpp_run):
+    out, res = stpp_run
+    for name in ('last.pth.tar', 'checkpoint-1.pth.tar', 'model_best.pth.tar', 'summary.csv', 'curves.png',
+                 'args.yaml'):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / 'summary.csv')))
+    assert [int(r['epoch']) for r in rows] == [0, 1]
+    assert all(float(r['train_loss_kl']) > 0 for r in rows)  # the sub-network term is really trained
+    assert all(0 <= float(r['eval_top1']) <= 100 for r in rows)
+    ckpt = _load(out / 'last.pth.tar')
+    assert 'stim_sampler' in ckpt['task_state'] and ckpt['loader'] == {'epoch': 2, 'batch': 0}
+    assert ckpt['global_step'] == 8 and ckpt['scheduler'] is not None and len(ckpt['rng']) == 1
+    # timm reads our checkpoint as any train checkpoint
+    import timm
+    m = timm.create_model('cifar_resnet20', checkpoint_path=str(out / 'last.pth.tar'))
+    assert torch.equal(m.fc.weight, ckpt['state_dict']['fc.weight'])
+
+
+@needs_cifar
+def test_baseline_trains_without_kl(tmp_path):
+    res = _train('--train-subset', '128', '--val-subset', '64', '--epochs', '1', '--stim-mode', 'off',
+                 '--output', str(tmp_path), '--experiment', 'base')
+    out = Path(res['output_dir'])
+    assert (out / 'last.pth.tar').is_file() and (out / 'curves.png').is_file()
+    rows = list(csv.DictReader(open(out / 'summary.csv')))
+    assert len(rows) == 1 and float(rows[0]['train_loss_kl']) == 0.0
+    assert float(rows[0]['train_loss']) == pytest.approx(float(rows[0]['train_loss_main']))
+
+
+@needs_cifar
+def test_resume_after_sigkill_gives_identical_weights(tmp_path):
+    """Kill -9 mid-epoch after a step checkpoint, resume from the run directory: same final weights."""
+    args = BASE + ['--train-subset', '160', '--val-split', '', '--epochs', '2', '--stim-mode', 'stpp',
+                   '--stim-subnets', '1', '--stim-min-scale', '0.85', '--stim-bn-recalib', '64', '--model-ema', '--drop-path', '0.05',
+                   '--mixup', '0.2', '--recovery-interval', '2', '--no-plot', '--output', str(tmp_path)]
+    cmd = [sys.executable, '-m', 'timm_stim.train'] + args
+    killed = tmp_path / 'killed'
+    proc = subprocess.Popen(cmd + ['--experiment', 'killed'], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if list(killed.glob('recovery-1-*.pth.tar')):  # mid-epoch 1, after a step checkpoint
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f'run ended before it could be killed: {proc.stderr.read()[-2000:]}'
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / 'checkpoint-1.pth.tar').exists()
+    subprocess.run(cmd + ['--experiment', 'killed', '--resume', str(killed)], env=_env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from timm_stim.train import main
+    main(args + ['--experiment', 'straight'])
+    a, b = _load(killed / 'last.pth.tar'), _load(tmp_path / 'straight' / 'last.pth.tar')
+    for key in ('state_dict', 'state_dict_ema'):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    assert a['global_step'] == b['global_step'] == 10
+
+
+@needs_cifar
+def test_timm_loader_path_trains(tmp_path):
+    """--no-fast-data: timm's create_dataset / create_loader (PIL transforms, prefetcher), capped batches."""
+    res = _train('--train-subset', '64', '--val-subset', '32', '--epochs', '1', '-b', '16', '--no-fast-data',
+                 '--workers', '0', '--train-batches-per-epoch', '2', '--stim-mode', 'st', '--stim-bn-recalib', '32',
+                 '--no-plot', '--output', str(tmp_path), '--experiment', 'timm')
+    assert _load(Path(res['output_dir']) / 'last.pth.tar')['global_step'] == 2
+    assert res['results'][0]['validation']['top1'] >= 0
+
+
+@pytest.mark.skipif(not os.path.isdir('/usr/share/datasets/fashion-mnist'),
+                    reason='Debian package dataset-fashion-mnist not installed')
+def test_fashion_mnist_trains_one_channel(tmp_path):
+    from timm_stim.train import main
+    res = main(['--dataset', 'fashion-mnist', '--model', 'cifar_resnet20', '--in-chans', '1', '--img-size', '28',
+                '-b', '32', '--train-subset', '64', '--val-subset', '64', '--epochs', '1', '--lr', '0.05',
+                '--warmup-epochs', '0', '--stim-mode', 'stpp', '--stim-subnets', '1', '--no-plot',
+                '--output', str(tmp_path), '--experiment', 'fm'])
+    ckpt = _load(Path(res['output_dir']) / 'last.pth.tar')
+    assert ckpt['state_dict']['conv1.weight'].shape[1] == 1 and ckpt['global_step'] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@needs_cifar
+def test_ddp_two_processes_equal_one_process(tmp_path):
+    """torchrun, 2 gloo processes x batch 8 == 1 process x batch 16 (a GroupNorm ResNet-20: BatchNorm statistics
+    are per process by design, so a BN model cannot match bit-for-bit)."""
+    common = ['--data-dir', str(CIFAR), '--model', 'cifar_resnet20', '--model-kwargs', 'norm_layer=groupnorm1',
+              '--train-subset', '64', '--train-batches-per-epoch', '3', '--val-split', '', '--epochs', '1',
+              '--warmup-epochs', '0', '--lr', '0.1', '--stim-mode', 'stpp', '--stim-subnets', '2', '--stim-min-scale', '0.85', '--no-plot',
+              '--smoothing', '0.1', '--seed', '3', '--output', str(tmp_path)]
+    subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                    '--master_port', str(_free_port()), '-m', 'timm_stim.train', '-b', '8', '--experiment', 'ddp']
+                   + common, env=_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    from timm_stim.train import main
+    main(common + ['-b', '16', '--experiment', 'single'])  # in-process: 1 x 16
+    a, b = _load(tmp_path / 'ddp' / 'last.pth.tar'), _load(tmp_path / 'single' / 'last.pth.tar')
+    assert a['world_size'] == 2 and b['world_size'] == 1 and len(a['rng']) == 2
+    init = __import__('timm').create_model('cifar_resnet20', norm_layer='groupnorm1')  # same seed-independent check
+    moved = 0
+    for k, v in b['state_dict'].items():
+        torch.testing.assert_close(a['state_dict'][k], v, rtol=1e-4, atol=1e-5, msg=k)
+        moved += int(k in init.state_dict() and not torch.equal(v, init.state_dict()[k]))
+    assert moved > 0
+
+
+# ---------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize('bad', [
+    ['--stim-mode', 'bogus'], ['--stim-loss', 'l2'], ['--stim-min-scale', '0'], ['--stim-min-scale', '1.5'],
+    ['--batch-size', '0'], ['--stim-subnets', '-1'], ['--epochs', 'x'], ['--stim-temp', '0'],
+    ['--grad-checkpointing'], ['--fast-data', '--aa', 'rand-m9'],
+])
+def test_bad_flags_are_argparse_errors(bad, capsys):
+    from timm_stim.train import main
+    with pytest.raises(SystemExit) as e:
+        main(['--data-dir', '/nonexistent'] + bad)
+    assert e.value.code == 2
+    assert 'error:' in capsys.readouterr().err
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
+    from timm_stim.train import main
+    with pytest.raises(SystemExit) as e:
+        main(['--data-dir', str(tmp_path / 'nope'), '--model', 'cifar_resnet20', '--output', str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'does not exist' in err and '--data-dir' in err
+
+
+@needs_cifar
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys):
+    from timm_stim.train import main
+    with pytest.raises(SystemExit) as e:
+        main(BASE[:-6] + ['--train-subset', '128', '--val-split', '', '--epochs', '1', '--stim-mode', 'off',
+                          '--lr', '1e30', '--smoothing', '0', '--recovery-interval', '1',
+                          '--warmup-epochs', '0', '--no-plot', '--output', str(tmp_path), '--experiment', 'nan'])
+    assert e.value.code == 3
+    good = sorted((tmp_path / 'nan').glob('recovery-*.pth.tar'))
+    assert good, 'the last good checkpoint must remain'
+    ckpt = _load(good[-1])
+    assert all(torch.isfinite(v).all() for v in ckpt['state_dict'].values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------------------ validate
+@needs_cifar
+def test_validate_full_subnetwork_and_robustness(stpp_run, tmp_path):
+    from timm_stim.validate import main
+    out, _ = stpp_run
+    common = ['--data-dir', str(CIFAR), '--model', 'cifar_resnet20', '--checkpoint', str(out / 'last.pth.tar'),
+              '--val-subset', '64', '-b', '64']
+    full = main(common)['results'][0]
+    assert full['full'] and full['depths'] == [3, 3, 3] and 0 <= full['top1'] <= 100
+    sub = main(common + ['--depths', '3,2,3', '--bn-recalib', '64'])['results'][0]
+    assert sub['depths'] == [3, 2, 3] and sub['flops'] < full['flops']
+    res = main(common + ['--robustness', 'random', '--robustness-samples', '3', '--bn-recalib', '64',
+                         '--results-file', str(tmp_path / 'rob.json')])
+    data = json.load(open(tmp_path / 'rob.json'))
+    assert len(data['results']) == 4 and data['results'][-1]['full'] and data['bn_recalib'] == 64
+    assert (tmp_path / 'rob.png').is_file()
+    flops = [r['flops'] for r in data['results']]
+    assert max(flops) == flops[-1]
+    with pytest.raises(ValueError, match='stage'):
+        main(common + ['--depths', '9,9,9'])
+
+
+# ------------------------------------------------------------------------------------------ launcher
+def test_launcher_splits_stim_flags():
+    from timm_stim.launch_upstream import split_stim_args, stim_task_class
+    knobs, rest = split_stim_args(['--model', 'x', '--stim-mode', 'st', '-b', '4', '--stim-subnets', '2'])
+    assert knobs['mode'] == 'st' and knobs['subnets'] == 2 and rest == ['--model', 'x', '-b', '4']
+    knobs, rest = split_stim_args(['--', '--model', 'x'])
+    assert rest == ['--model', 'x'] and knobs['mode'] == 'stpp'
+    with pytest.raises(SystemExit):
+        split_stim_args(['--stim-bogus', '1'])
+    import timm
+    task = stim_task_class(dict(mode='st', subnets=1))(timm.create_model('resnet18', num_classes=4),
+                                                       criterion=torch.nn.CrossEntropyLoss())
+    assert task.stim.mode == 'st' and task.stim.subnets == 1
+
+
+@needs_cifar
+@pytest.mark.skipif(not UPSTREAM.is_dir(), reason='upstream timm repository snapshot not available')
+def test_launcher_runs_upstream_train_py(tmp_path):
+    script = tmp_path / 'train.py'
+    src = subprocess.run(['git', '-C', str(UPSTREAM), 'show', 'HEAD:train.py'], capture_output=True, text=True)
+    if src.returncode:
+        pytest.skip(f'cannot read upstream train.py: {src.stderr}')
+    script.write_text(src.stdout)
+    data = tmp_path / 'data'  # tiny image folder of links into the shared CIFAR-10 (nothing copied)
+    for split in ('train', 'val'):
+        for cls in ('airplane', 'cat'):
+            (data / split / cls).mkdir(parents=True)
+            for f in sorted((CIFAR / split / cls).iterdir())[:8]:
+                (data / split / cls / f.name).symlink_to(f.resolve())
+    r = subprocess.run([sys.executable, '-m', 'timm_stim.launch_upstream', str(script), '--stim-mode', 'stpp',
+                        '--stim-subnets', '1', '--', '--data-dir', str(data), '--model', 'cifar_resnet20',
+                        '--num-classes', '2', '-b', '8', '--epochs', '1', '--device', 'cpu', '--workers', '0',
+                        '--no-prefetcher', '--lr', '0.05', '--warmup-epochs', '0', '--output', str(tmp_path),
+                        '--experiment', 'up'], env=_env(), capture_output=True, text=True, timeout=300)
+    if r.returncode and ('ImportError' in r.stderr or 'cannot import name' in r.stderr):
+        pytest.skip(f'upstream train.py needs a newer timm: {r.stderr.strip().splitlines()[-1]}')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'StimulativeTrainer' in r.stderr + r.stdout
+    ckpt = _load(tmp_path / 'up' / 'last.pth.tar')
+    assert 'stim_sampler' in ckpt['task_state']  # upstream's CheckpointSaver stored our sampler state

@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""`timm-stim-validate`: timm's validate.py for ST / ST++ models, plus sub-networks and a depth-robustness sweep.
+
+    timm-stim-validate --data-dir ../shared/data/cifar10 --model cifar_resnet20_stim --checkpoint run/model_best.pth.tar
+    timm-stim-validate ... --depths 3,2,3                      # one sub-network
+    timm-stim-validate ... --robustness                         # every depth configuration -> JSON + PNG
+
+Sub-network evaluation and BatchNorm: a sub-network sees other feature statistics than the full network whose
+running statistics are stored in the checkpoint. With `--bn-recalib N` (default 2000 for sub-networks and the
+sweep) the BN running statistics are re-estimated for *each* configuration with `timm_stim.depth.recalibrate_bn`:
+reset, then the exact average over N training images (un-augmented, seeded random order) passed through that
+sub-network in train mode; weights are untouched. `--bn-recalib 0` evaluates with the stored statistics.
+FLOPs per image come from `timm_stim.elastic.depth_profile` (`torch.utils.flop_counter`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from timm import utils
+from timm.data import create_dataset, create_loader, resolve_data_config
+from timm.models import create_model, load_checkpoint
+from timm.task import ClassificationEvaluator
+
+import timm_stim  # noqa: F401  (registers the *_stim models)
+from .data import (TensorLoader, TransformSubset, dataset_targets, fit_channels, fits_fast_path, load_image_tensors,
+                   subset_indices)
+from .depth import check_depths, find_stages, full_depths, recalibrate_bn, subnetwork, valid_depths
+from .elastic import depth_profile
+
+__all__ = ['build_parser', 'main', 'evaluate_depths', 'plot_robustness', 'parse_depths']
+
+_logger = logging.getLogger('validate')
+
+
+def parse_depths(text: str) -> Tuple[int, ...]:
+    """'3,2,3' -> (3, 2, 3)."""
+    try:
+        depths = tuple(int(t) for t in text.replace(' ', '').split(',') if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"depths must be comma-separated integers such as '3,2,3', got {text!r}")
+    if not depths or min(depths) < 1:
+        raise argparse.ArgumentTypeError(f'depths must be positive integers, got {text!r}')
+    return depths
+
+
+def _non_negative_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
+    return v
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f'must be a positive integer, got {text}')
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='timm-stim-validate', description='Validate a (sub-)network of a timm model.',
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('data', nargs='?', metavar='DIR', help='path to dataset (deprecated, use --data-dir)')
+    p.add_argument('--data-dir', metavar='DIR')
+    p.add_argument('--dataset', default='', metavar='NAME', help='as in timm-stim-train')
+    p.add_argument('--split', default='validation', metavar='NAME', help='split to evaluate')
+    p.add_argument('--train-split', default='train', metavar='NAME', help='split used for BN re-estimation')
+    p.add_argument('--dataset-download', action='store_true')
+    p.add_argument('--class-map', default='', metavar='FILENAME')
+    p.add_argument('--val-subset', type=_positive_int, default=None, metavar='N',
+                   help='evaluate a class-balanced subset of N images')
+    p.add_argument('--fast-data', action=argparse.BooleanOptionalAction, default=None,
+                   help='in-memory tensor path (default: on for images <= 64 px)')
+    p.add_argument('--data-cache-dir', default=None, metavar='DIR')
+    p.add_argument('--model', '-m', default='resnet50', metavar='NAME')
+    p.add_argument('--pretrained', action='store_true', help='use the pretrained weights of the model / tag')
+    p.add_argument('--checkpoint', default='', metavar='PATH', help='checkpoint (train checkpoint or weights file)')
+    p.add_argument('--use-ema', action='store_true', help='use the EMA weights of a train checkpoint')
+    p.add_argument('--num-classes', type=_positive_int, default=None)
+    p.add_argument('--img-size', type=_positive_int, default=None)
+    p.add_argument('--in-chans', type=_positive_int, default=None)
+    p.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N')
+    p.add_argument('--crop-pct', default=None, type=float)
+    p.add_argument('--mean', type=float, nargs='+', default=None)
+    p.add_argument('--std', type=float, nargs='+', default=None)
+    p.add_argument('--interpolation', default='')
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=utils.ParseKwargs)
+    p.add_argument('-b', '--batch-size', type=_positive_int, default=256)
+    p.add_argument('-j', '--workers', type=_non_negative_int, default=2)
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--amp', action='store_true')
+    p.add_argument('--amp-dtype', default='float16', choices=('float16', 'bfloat16'))
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--seed', type=int, default=42)
+    p.add_argument('--depths', type=parse_depths, default=None, metavar='D1,D2,...',
+                   help="evaluate the sub-network keeping D_i blocks of stage i, e.g. '3,2,3'")
+    p.add_argument('--robustness', nargs='?', const='auto', default=None, choices=('auto', 'all', 'random'),
+                   help='sweep depth configurations: all, random (--robustness-samples of them, plus the full '
+                        'network), or auto (all when there are at most --robustness-max, else random)')
+    p.add_argument('--robustness-samples', type=_positive_int, default=20, metavar='N')
+    p.add_argument('--robustness-max', type=_positive_int, default=64, metavar='N')
+    p.add_argument('--bn-recalib', type=_non_negative_int, default=None, metavar='N',
+                   help='re-estimate BN per configuration on N training images (default 2000 for sub-networks '
+                        'and sweeps, 0 for the full network; 0 = stored statistics)')
+    p.add_argument('--results-file', default='', metavar='FILE', help='JSON results (robustness: also a PNG next '
+                                                                       'to it)')
+    return p
+
+
+def _parse_args(argv):
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.data and not args.data_dir:
+        args.data_dir = args.data
+    if args.depths is not None and args.robustness:
+        parser.error('--depths and --robustness are exclusive')
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        parser.error(f'--checkpoint {args.checkpoint}: no such file')
+    if args.bn_recalib is None:
+        args.bn_recalib = 2000 if (args.depths is not None or args.robustness) else 0
+    return args
+
+
+# -------------------------------------------------------------------------------------------------- data
+def _loader(args, data_config, split: str, subset: Optional[int], shuffle: bool, device):
+    """Eval-transform batches of `split`: the tensor path for small images, else timm's loader."""
+    if args.data_dir is None and not args.dataset.lower().endswith(('fashion-mnist', 'fashion_mnist', 'fmnist')):
+        raise FileNotFoundError('no data directory: pass --data-dir DIR (e.g. --data-dir ../shared/data/cifar10).')
+    if args.data_dir is not None and not args.dataset_download and not os.path.isdir(args.data_dir):
+        raise FileNotFoundError(f'data directory {args.data_dir} does not exist: pass --data-dir pointing at a '
+                                f'folder with train/ and val/ class folders.')
+    if args.fast_data is not False:
+        try:
+            data = load_image_tensors(args.dataset, args.data_dir, split, subset, args.dataset_download,
+                                      args.data_cache_dir, args.class_map)
+            if fits_fast_path(data):
+                return TensorLoader(data, args.batch_size, False, data_config['mean'], data_config['std'],
+                                    input_size=data_config['input_size'], seed=args.seed, device=device,
+                                    channels_last=args.channels_last, shuffle=shuffle)
+            if args.fast_data:
+                raise ValueError('images larger than 64 px: use --no-fast-data.')
+        except (TypeError, ValueError):
+            if args.fast_data:
+                raise
+    ds = create_dataset(args.dataset, root=args.data_dir, split=split, is_training=False, class_map=args.class_map,
+                        download=args.dataset_download)
+    idx = subset_indices(dataset_targets(ds), subset) if subset else list(range(len(ds)))
+    if shuffle:
+        g = torch.Generator().manual_seed(args.seed)
+        idx = [idx[i] for i in torch.randperm(len(idx), generator=g).tolist()]
+    if subset or shuffle:
+        ds = TransformSubset(ds, idx)
+    return create_loader(ds, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=False,
+                         interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
+                         num_workers=args.workers, crop_pct=data_config['crop_pct'], device=device,
+                         use_prefetcher=False, persistent_workers=False)
+
+
+# ------------------------------------------------------------------------------------------------- eval
+@torch.no_grad()
+def _evaluate(model: nn.Module, loader, device, amp_autocast, channels_last: bool) -> Dict[str, float]:
+    model.eval()
+    evaluator = ClassificationEvaluator(device=device)
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp_autocast():
+            out = model(x)
+        evaluator.update(out[0] if isinstance(out, (tuple, list)) else out, y)
+    return dict(evaluator.compute())
+
+
+def evaluate_depths(
+        model: nn.Module,
+        configs: Sequence[Optional[Sequence[int]]],
+        loader,
+        recalib_loader=None,
+        bn_recalib: int = 0,
+        device: torch.device = torch.device('cpu'),
+        amp_autocast=nullcontext,
+        channels_last: bool = False,
+        input_size: Optional[Sequence[int]] = None,
+) -> List[Dict[str, Any]]:
+    """Accuracy, FLOPs and params of each depth configuration (None = full network).
+
+    With `bn_recalib > 0` each configuration gets BN statistics re-estimated on that many training images;
+    the model's own statistics are restored afterwards.
+    """
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    saved = {k: v.clone() for k, v in model.state_dict().items()} if bn_recalib and has_bn else None
+    full = full_depths(model)
+    wanted = [tuple(full if d is None else d) for d in configs]
+    profiles = {tuple(p['depths']): p for p in depth_profile(model, input_size, depths=sorted(set(wanted)))}
+    results = []
+    try:
+        for depths in wanted:
+            t0 = time.time()
+            if saved is not None and recalib_loader is not None:
+                recalibrate_bn(model, iter(recalib_loader), bn_recalib, depths=depths)
+            with subnetwork(model, depths):
+                metrics = _evaluate(model, loader, device, amp_autocast, channels_last)
+            prof = profiles[depths]
+            row = dict(depths=list(depths), full=depths == full, flops=prof['flops'], params=prof['params'],
+                       flops_share=prof['flops_share'], **metrics)
+            results.append(row)
+            _logger.info(f'depths {depths}: top1 {metrics["top1"]:.2f}  top5 {metrics["top5"]:.2f}  '
+                         f'{prof["flops"] / 1e6:.1f} MFLOPs ({100 * prof["flops_share"]:.0f}%)  '
+                         f'[{time.time() - t0:.1f}s]')
+    finally:
+        if saved is not None:
+            model.load_state_dict(saved)
+    return results
+
+
+def plot_robustness(results: Sequence[Dict[str, Any]], out_png: str, title: str = '') -> Optional[str]:
+    """Scatter of top-1 accuracy against MFLOPs per configuration; the full network highlighted."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _logger.warning('matplotlib is not installed: no robustness plot (pip install matplotlib).')
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    sub = [r for r in results if not r['full']]
+    ax.scatter([r['flops'] / 1e6 for r in sub], [r['top1'] for r in sub], s=18, label='sub-networks')
+    for r in results:
+        if r['full']:
+            ax.scatter([r['flops'] / 1e6], [r['top1']], s=60, marker='*', color='C3', label='full network')
+    ax.set_xlabel('MFLOPs per image'), ax.set_ylabel('top-1 accuracy (%)'), ax.grid(alpha=.3), ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def _sweep_configs(model: nn.Module, mode: str, samples: int, max_all: int, seed: int) -> List[Tuple[int, ...]]:
+    configs = valid_depths(model)  # full network last
+    if mode == 'all' or (mode == 'auto' and len(configs) <= max_all):
+        return configs
+    rng = random.Random(seed)
+    picked = rng.sample(configs[:-1], min(samples, len(configs) - 1))
+    return sorted(picked) + [configs[-1]]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    if not logging.getLogger().handlers:  # keep the caller's logging (tests, notebooks)
+        utils.setup_default_logging()
+    args = _parse_args(argv)
+    try:
+        return _run(args, argv)
+    except FileNotFoundError as e:  # missing data: a message, not a traceback
+        print(f'timm-stim-validate: error: {e}', file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _run(args, argv) -> Dict[str, Any]:
+    device = torch.device(args.device)
+    in_chans = args.input_size[0] if args.input_size else (args.in_chans or 3)
+    model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, in_chans=in_chans,
+                         **args.model_kwargs)
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
+    data_config = fit_channels(resolve_data_config(vars(args), model=model, verbose=True), in_chans)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.depths is not None:
+        check_depths(find_stages(model), args.depths)  # clear error before any data is read
+    amp_autocast = nullcontext
+    if args.amp:
+        amp_autocast = partial(torch.autocast, device_type=device.type,
+                               dtype=torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16)
+
+    loader = _loader(args, data_config, args.split, args.val_subset, False, device)
+    # a class-balanced subset of exactly N training images, in seeded random order
+    recalib = _loader(args, data_config, args.train_split, args.bn_recalib, True, device) if args.bn_recalib else None
+    if args.robustness:
+        configs = _sweep_configs(model, args.robustness, args.robustness_samples, args.robustness_max, args.seed)
+    else:
+        configs = [args.depths]
+    _logger.info(f'Evaluating {len(configs)} configuration(s) of {args.model}'
+                 f'{f", BN re-estimated on {args.bn_recalib} training images each" if args.bn_recalib else ""}.')
+    rows = evaluate_depths(model, configs, loader, recalib, args.bn_recalib, device, amp_autocast,
+                           args.channels_last, data_config['input_size'])
+    result = dict(model=args.model, checkpoint=args.checkpoint or None, pretrained=args.pretrained,
+                  split=args.split, num_images=len(getattr(loader, 'dataset', [])) if hasattr(loader, 'dataset')
+                  else None, bn_recalib=args.bn_recalib, input_size=list(data_config['input_size']),
+                  command=' '.join(['timm-stim-validate'] + list(sys.argv[1:] if argv is None else argv)),
+                  results=rows)
+    if args.robustness:
+        out_json = args.results_file or f'robustness-{args.model}.json'
+        os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+        with open(out_json, 'w') as f:
+            json.dump(result, f, indent=2)
+        png = plot_robustness(rows, os.path.splitext(out_json)[0] + '.png',
+                              f'{args.model}: depth robustness (BN re-est. {args.bn_recalib} imgs)')
+        result['json'], result['png'] = out_json, png
+        _logger.info(f'Wrote {out_json}' + (f' and {png}' if png else ''))
+    elif args.results_file:
+        with open(args.results_file, 'w') as f:
+            json.dump(result, f, indent=2)
+    print(f'--result\n{json.dumps(rows if args.robustness else rows[0], indent=2)}')
+    return result
+
+
+if __name__ == '__main__':
+    main()
