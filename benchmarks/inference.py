@@ -58,6 +58,7 @@ def parse_args(argv=None):
                    help='torch threads (1: far less noise when other processes share the cores)')
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'inference.json'))
     p.add_argument('--no-plot', action='store_true')
+    p.add_argument('--replot', action='store_true', help='only redraw the PNG from an existing --out JSON')
     return p.parse_args(argv)
 
 
@@ -168,29 +169,40 @@ def plot(report: Dict, path: Path) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(18, 5.5))
     pairs = report['stim_vs_base']
-    a.barh([p['model'] for p in pairs], [p['ratio'] for p in pairs], color='tab:blue')
     a.axvspan(0.97, 1.03, color='tab:green', alpha=0.15, label='1.00 +- 0.03')
+    a.plot([p['ratio'] for p in pairs], range(len(pairs)), 'o', label='CPU time')
+    a.plot([p['ratio_wall'] for p in pairs], range(len(pairs)), 'x', color='gray', label='wall time')
+    a.set_yticks(range(len(pairs)), [p['model'] for p in pairs])
     a.axvline(1.0, color='k', lw=0.8)
-    a.set_xlim(0.85, 1.15)
-    a.set_xlabel('img/s ratio  _stim / timm base (eval, CPU time)')
-    a.legend(loc='lower right')
+    a.set_xlim(0.9, 1.1)
+    a.set_xlabel('img/s ratio  _stim / timm base (eval)')
+    a.legend(loc='lower right', fontsize=8)
     for m in report['elastic']:
         cs = m['configs']
-        b.plot([c['gflops_per_image'] for c in cs], [c['img_s'] for c in cs], 'o-', label=m['model'])
-    b.set_xscale('log')
-    b.set_yscale('log')
-    b.set_xlabel('GFLOPs per image (depth_profile)')
-    b.set_ylabel('img/s per CPU-second (eval, set_depth)')
-    b.set_title('elastic depths')
+        b.plot([x['flops_share'] for x in cs], [x['time_share'] for x in cs], 'o', label=m['model'])
+        c.plot([x['gflops_per_image'] for x in cs], [x['img_s'] for x in cs], 'o-', label=m['model'])
+    b.plot([0, 1], [0, 1], 'k--', lw=0.8, label='time share = FLOPs share')
+    b.set_xlabel('FLOPs share of the full network')
+    b.set_ylabel('time share (CPU time per batch)')
+    b.set_title('elastic depths: time vs FLOPs')
     b.legend(fontsize=8)
+    c.set_xscale('log')
+    c.set_yscale('log')
+    c.set_xlabel('GFLOPs per image (depth_profile)')
+    c.set_ylabel('img/s per CPU-second (eval, set_depth)')
+    c.set_title('elastic depths: img/s vs FLOPs')
+    c.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix('.png'))
+        return
     torch.set_num_threads(args.threads)
     models = args.models or timm.list_models('*_stim')
     unknown = [m for m in models + args.elastic_models if m not in STIM_BASES]

@@ -103,6 +103,40 @@ def ours(args, model_name: str, data, channels_last: bool, compiled: bool, epoch
     return _time_steps(step, loader, args.warmup + (3 if compiled else 0), args.steps)
 
 
+def data_only(args, data) -> dict:
+    """Loader img/s with no model: what each data path costs on its own."""
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    dl = torch.utils.data.DataLoader(ImageFolder(os.path.join(args.data_dir, 'train'), transform=tf),
+                                     batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True)
+    out = {}
+    for name, loader in (('plain_imagefolder_dataloader', dl),
+                         ('ours_tensor_loader', TensorLoader(data, args.batch_size, True, MEAN, STD, seed=0))):
+        out[name] = round(_time_steps(lambda x, y: None, loader, 3, 4 * args.steps), 1)
+    return out
+
+
+def plot(result: dict, out_png: str) -> None:
+    """Bar chart of median img/s per variant, ratio to the plain loop on each bar."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    names = list(result['img_per_s'])
+    vals = [result['img_per_s'][k]['median'] for k in names]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    bars = ax.barh(names, vals, color=['C7'] + ['C0'] * (len(names) - 1))
+    for b, k in zip(bars, names):
+        ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f' {result["ratio_vs_plain"][k]:.2f}x', va='center')
+    ax.set_xlabel('training img/s (median of rounds)')
+    ax.set_title(f'{result["setup"]["model"]}, batch {result["setup"]["batch_size"]}, '
+                 f'{result["machine"]["cpu_count"]} CPU cores')
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--data-dir', default=str(ROOT / '..' / 'shared' / 'data' / 'cifar10'))
@@ -140,6 +174,8 @@ def main() -> None:
             rates[name].append(rate)
             print(f'round {r}: {name:36s} {rate:8.1f} img/s', flush=True)
 
+    loader_rates = data_only(args, data)
+    print(f'data only: {loader_rates}', flush=True)
     med = {k: statistics.median(v) for k, v in rates.items() if v}
     plain = med['plain_imagefolder_dataloader']
     ours_best = max((k for k in med if k.startswith('ours')), key=lambda k: med[k])
@@ -158,6 +194,7 @@ def main() -> None:
                    train_images=len(data), cache_load_or_build_s=round(cache_s, 2)),
         img_per_s={k: dict(median=round(med[k], 1), rounds=[round(x, 1) for x in v]) for k, v in rates.items() if v},
         ratio_vs_plain={k: round(v / plain, 3) for k, v in med.items()},
+        data_only_img_per_s=loader_rates,
         best_ours=ours_best,
         best_ratio=round(med[ours_best] / plain, 3),
         target_ratio=1.2,
@@ -166,6 +203,10 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(result, f, indent=2)
+    try:
+        plot(result, os.path.splitext(args.out)[0] + '.png')
+    except ImportError:
+        pass
     print(json.dumps({k: result[k] for k in ('ratio_vs_plain', 'best_ours', 'best_ratio')}, indent=2))
     print(f'wrote {args.out}')
 

@@ -1,5 +1,4 @@
 """Elastic-depth inference: persistent / temporary depth, valid configurations, FLOPs profile, export."""
-import itertools
 import subprocess
 import sys
 import textwrap
@@ -66,10 +65,12 @@ def test_set_depth_persistent_and_state_dict_full(r20):
 
 def test_at_depth_restores_also_on_error(r20):
     x = _x()
+    with torch.no_grad(), timm_stim.subnetwork(r20, (1, 1, 1)):
+        ref = r20(x)
     r20.set_depth((2, 2, 2))
     try:
-        with elastic.at_depth(r20, (1, 1, 1)):
-            assert r20.stim_depths == (1, 1, 1)
+        with elastic.at_depth(r20, (1, 1, 1)), torch.no_grad():
+            assert r20.stim_depths == (1, 1, 1) and torch.equal(r20(x), ref)
         assert r20.stim_depths == (2, 2, 2)
         with pytest.raises(KeyError):
             with elastic.at_depth(r20, None):

@@ -13,7 +13,7 @@ from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTarget
 from timm.task import ClassificationTask
 
 from timm_stim import (
-    StimulativeTrainer, build_space, default_amplitude, depth_ranges, kl, kl_minus, normalize_logits,
+    StimulativeTrainer, build_space, DEFAULT_AMPLITUDE, depth_ranges, kl, kl_minus, normalize_logits,
     run_subnetworks, smaller_input, subnetwork,
 )
 
@@ -72,10 +72,10 @@ def test_kl_minus_formula(T, A):
     torch.testing.assert_close(kl_minus(t, 4 * s - 2, T, A), kl_minus(t, s, T, A), rtol=1e-4, atol=1e-5)
 
 
-def test_default_amplitude():
-    assert default_amplitude(1000) == pytest.approx(1.0)
-    assert default_amplitude(10) == pytest.approx(10.0)
-    assert default_amplitude(100) == pytest.approx(math.sqrt(10))
+def test_default_amplitude_is_the_released_value():
+    assert DEFAULT_AMPLITUDE == 1.0
+    assert StimulativeTrainer(_resnet18(), verbose=False).amplitude == 1.0
+    assert StimulativeTrainer(_resnet18(), amplitude=3.0, verbose=False).amplitude == 3.0
 
 
 # ------------------------------------------------------------------------------------------- gradient flow
@@ -219,7 +219,7 @@ def test_trainer_defaults():
     assert (st.stim.subnets, st.stim.space, st.stim.loss, st.stim.min_scale) == (1, 'st', 'kl', 1.0)
     pp = StimulativeTrainer(model, verbose=False)
     assert (pp.stim.mode, pp.stim.subnets, pp.stim.space, pp.stim.loss) == ('stpp', 6, 'stpp', 'kl-')
-    assert pp.amplitude == pytest.approx(default_amplitude(10))
+    assert pp.amplitude == pytest.approx(DEFAULT_AMPLITUDE)
     assert pp.sampler.space == [[2], [1, 2], [1, 2], [2]]  # resnet18 [2, 2, 2, 2] under the stpp rule
     x, y = _tiny_batch()
     out = pp(x, y)

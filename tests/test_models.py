@@ -58,6 +58,8 @@ def test_unknown_model_gets_timms_error():
         timm.create_model('resnet50_stimm')
     with pytest.raises(RuntimeError, match='Unknown model'):
         timm.create_model('cifar_resnet21_stim')
+    with pytest.raises(RuntimeError, match='Invalid pretrained tag'):
+        timm.create_model('cifar_resnet20_stim.no_such_tag')
 
 
 @pytest.mark.parametrize('name', STIM_MODELS)

@@ -1,26 +1,30 @@
-"""Real data: a small ResNet trained with ST++ for well under a minute on a CIFAR-10 subset beats chance widely.
+"""Real data: a small ResNet trained with ST++ for under a minute on a CIFAR-10 subset beats chance widely.
 
 Data: 5,000 training images (500 per class) and 1,000 held-out images (100 per class) of the CIFAR-10 JPEG
-folder at ../shared/data/cifar10 (skipped when absent). Model: the project's CIFAR ResNet-20 (`cifar_resnet20`).
-The full network (raw logits, BN re-estimated with the full network as ST prescribes) must reach >= 35 % top-1
-on the held-out images (chance: 10 %).
+folder at ../shared/data/cifar10 (skipped when absent), downsampled to 16x16 so that 600 ST++ steps take about
+35 s on 2 CPU cores (at 32x32 the same budget buys only ~2 epochs and ~30 %). Model: the project's CIFAR ResNet-20
+(`cifar_resnet20`). ST++ with K=1 sub-network, KL-, random smaller inputs (6..16 px), main cross-entropy on the
+normalised logits, amplitude A=1 (the released value: A = sqrt(1000/C) = 10 for C=10 stalls, see the measurements
+in the helper report). The full network (raw logits, BN re-estimated with the full network as ST prescribes) must
+reach >= 35 % top-1 on the held-out images (chance: 10 %; measured: 44.5 %).
 """
 import math
 import time
 
-import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import timm_stim  # noqa: F401  (registers cifar_resnet20)
 from timm_stim import StimulativeTrainer, subnetwork
 
 TRAIN_PER_CLASS = 500
 VAL_PER_CLASS = 100
-EPOCHS = 2
-BATCH = 100
-LR = 0.1
-STIM = dict(mode='stpp', subnets=1, seed=0)
+SIDE = 16
+EPOCHS = 6
+BATCH = 50
+LR = 0.05
+STIM = dict(mode='stpp', subnets=1, amplitude=1.0, seed=0)
 
 
 def _accuracy(model, x, y, depths=None):
@@ -32,7 +36,7 @@ def _accuracy(model, x, y, depths=None):
 def test_stpp_cifar10_subset_beats_chance(cifar10_subset, cifar10_normalize):
     x, y = cifar10_subset('train', TRAIN_PER_CLASS)
     xv, yv = cifar10_subset('val', VAL_PER_CLASS)
-    x, xv = cifar10_normalize(x), cifar10_normalize(xv)
+    x, xv = (F.interpolate(cifar10_normalize(t), size=SIDE, mode='bilinear', antialias=True) for t in (x, xv))
 
     torch.manual_seed(0)
     model = timm.create_model('cifar_resnet20', num_classes=10)
@@ -64,3 +68,6 @@ def test_stpp_cifar10_subset_beats_chance(cifar10_subset, cifar10_normalize):
     acc = _accuracy(model, xv, yv)
     print(f'stpp cifar_resnet20: {steps} steps in {train_s:.0f}s, held-out top-1 {acc:.3f}')
     assert acc >= 0.35, f'held-out accuracy {acc:.3f} after {steps} ST++ steps'
+    # ST's point: the sub-networks work on their own too (smallest ST++ sub-network: stage 2 keeps 2 of 3)
+    sub_acc = _accuracy(model, xv, yv, depths=(3, 2, 3))
+    assert sub_acc >= 0.25, f'sub-network held-out accuracy {sub_acc:.3f}'

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--stim-min-scale', type=_unit_interval, default=None, metavar='S',
                    help='sub-network input side uniform in [int(S*H), H] (default 0.43 for stpp, 1.0 = off)')
     g.add_argument('--stim-amplitude', type=_positive_float, default=None, metavar='A',
-                   help='amplitude of KL- (default sqrt(1000 / num_classes))')
+                   help='amplitude A of KL- (default 1, the released value)')
     g.add_argument('--stim-main-normalized', action=argparse.BooleanOptionalAction, default=None,
                    help='main loss on A * LN(z) (default: on for stpp)')
     g.add_argument('--stim-bn-recalib', type=_non_negative_int, default=None, metavar='N',

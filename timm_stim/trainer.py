@@ -15,7 +15,7 @@ from timm.task import ClassificationTask
 from timm.utils.model import unwrap_model
 
 from .depth import MultiDepthForward, depth_ranges, find_stages, recalibrate_bn, run_subnetworks
-from .losses import default_amplitude, kl, kl_minus, normalize_logits
+from .losses import DEFAULT_AMPLITUDE, kl, kl_minus, normalize_logits
 from .sampling import DepthSampler, build_space
 
 __all__ = ['StimConfig', 'StimulativeTrainer', 'MODES', 'MODE_DEFAULTS']
@@ -31,7 +31,7 @@ class StimConfig:
 
     mode: 'off' (plain baseline), 'st' or 'stpp'. subnets: K sub-networks per step (KL terms summed).
     space: 'st', 'stpp' or per-stage kept-sets. loss: 'kl' or 'kl-'. temperature: T. weight: lambda.
-    amplitude: A of KL- (default sqrt(1000 / C)). main_on_normalized: compute the main loss on A * LN(z_main),
+    amplitude: A of KL- (default 1, the released value; see losses.DEFAULT_AMPLITUDE). main_on_normalized: compute the main loss on A * LN(z_main),
     as the released ST++ code does. min_scale: sub-network input side uniform in [int(min_scale * H), H]
     (1.0 disables smaller inputs). seed: seed of the sub-network sampler.
     """
@@ -122,8 +122,7 @@ class StimulativeTrainer(ClassificationTask):
         else:
             space = []
         self.sampler = DepthSampler(space, seed=self.stim.seed)
-        num_classes = getattr(model, 'num_classes', None) or 1000
-        self.amplitude = self.stim.amplitude if self.stim.amplitude is not None else default_amplitude(num_classes)
+        self.amplitude = self.stim.amplitude if self.stim.amplitude is not None else DEFAULT_AMPLITUDE
         if verbose and self.stim.mode != 'off':
             _logger.info(f'StimulativeTrainer: {self.stim}, {len(self.sampler)} sub-network configurations, '
                          f'A={self.amplitude:.3g}')

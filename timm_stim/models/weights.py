@@ -79,7 +79,7 @@ class WeightsEntry:
         """How the weights were trained (the pretrained cfg's `description`)."""
         if self.description:
             return self.description
-        parts = [f'Trained by timm-stim (Stimulative Training++, arXiv:2305.02507)'
+        parts = ['Trained by timm-stim (Stimulative Training++, arXiv:2305.02507)'
                  + (f' on {self.dataset}' if self.dataset else '') + '.']
         if self.recipe:
             parts.append(f'Recipe: {self.recipe}.')
