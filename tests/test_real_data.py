@@ -4,8 +4,8 @@ Data: 5,000 training images (500 per class) and 1,000 held-out images (100 per c
 folder at ../shared/data/cifar10 (skipped when absent), downsampled to 16x16 so that 600 ST++ steps take about
 35 s on 2 CPU cores (at 32x32 the same budget buys only ~2 epochs and ~30 %). Model: the project's CIFAR ResNet-20
 (`cifar_resnet20`). ST++ with K=1 sub-network, KL-, random smaller inputs (6..16 px), main cross-entropy on the
-normalised logits, amplitude A=1 (the released value: A = sqrt(1000/C) = 10 for C=10 stalls, see the measurements
-in the helper report). The full network (raw logits, BN re-estimated with the full network as ST prescribes) must
+normalised logits, amplitude A=1 (the default; A = sqrt(1000/C) = 10 stalls, see
+benchmarks/results/amplitude.json). The full network (raw logits, BN re-estimated with the full network as ST prescribes) must
 reach >= 35 % top-1 on the held-out images (chance: 10 %; measured: 44.5 %).
 """
 import math
