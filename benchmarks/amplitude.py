@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, command_line, git_commit, git_dirty, machine_info  # noqa: E402
+from _common import ROOT, command_line, git_commit, git_dirty, machine_info, write_report  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 import timm  # noqa: E402
@@ -306,12 +306,8 @@ def main(argv=None):
             r = train_variant('off', x, y, xv, yv, make_batches(len(x), args, seed), args, seed)
             report['baseline_other_seeds'][str(seed)] = _log(f'off (seed {seed})', r)
     report['runtime_s'] = round(time.perf_counter() - t_start, 1)
-    report['machine']['load_avg_end'] = machine_info(args.threads)['load_avg']
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    if not args.no_plot:
-        plot(report, out.with_suffix('.png'))
-    print(f'wrote {out} ({report["runtime_s"]:.0f}s)')
+    print(f'runtime {report["runtime_s"]:.0f}s')
+    write_report(report, out, plot, args.no_plot)
     return report
 
 

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +31,9 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, command_line, git_commit, git_dirty, machine_info, write_report  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 import timm  # noqa: E402
@@ -60,21 +59,6 @@ def parse_args(argv=None):
     p.add_argument('--no-plot', action='store_true')
     p.add_argument('--replot', action='store_true', help='only redraw the PNG from an existing --out JSON')
     return p.parse_args(argv)
-
-
-def run_info(threads: int) -> Dict:
-    def git(*a):
-        try:
-            return subprocess.run(['git', *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return 'unknown'
-    return dict(
-        command=' '.join([Path(sys.executable).name] + sys.argv), commit=git('rev-parse', 'HEAD'),
-        dirty=bool(git('status', '--porcelain', '--untracked-files=no')),
-        machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                     cpu_count=os.cpu_count(), torch_threads=threads, python=platform.python_version(),
-                     torch=torch.__version__, timm=timm.__version__, device='cpu',
-                     load_avg_start=os.getloadavg() if hasattr(os, 'getloadavg') else None))
 
 
 def _side(name: str, args) -> int:
@@ -209,7 +193,9 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f'unknown `_stim` models {unknown}; choose from {sorted(STIM_BASES)}')
     t0 = time.time()
-    report = dict(run_info(args.threads), settings=dict(
+    report = dict(
+        command=command_line('benchmarks/inference.py', argv), commit=git_commit(), dirty=git_dirty(),
+        machine=machine_info(args.threads, device='cpu', load_key='load_avg_start'), settings=dict(
         img_size_imagenet=args.img_size, img_size_cifar=32, gflops_per_batch=args.gflops_per_batch,
         max_batch=args.max_batch, rounds=args.rounds, warmup=args.warmup, configs_per_model=args.configs,
         statistic='median batch time; CPU time (process_time) primary, wall time recorded', mode='eval, torch.no_grad, float32, NCHW'))
@@ -220,13 +206,8 @@ def main(argv=None):
     report['summary'] = dict(
         ratio_min=min(ratios), ratio_max=max(ratios), ratio_median=statistics.median(ratios),
         within_3pct=all(abs(r - 1) <= 0.03 for r in ratios), wall_ratio_min=min(walls), wall_ratio_max=max(walls),
-        seconds=time.time() - t0,
-        load_avg_end=os.getloadavg() if hasattr(os, 'getloadavg') else None)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    if not args.no_plot:
-        plot(report, out.with_suffix('.png'))
+        seconds=time.time() - t0)
+    write_report(report, Path(args.out), plot, args.no_plot, end_key=('summary', 'load_avg_end'))
     print(json.dumps(report['summary']))
 
 

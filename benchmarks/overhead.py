@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, command_line, git_commit, git_dirty, machine_info, write_report  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 import timm  # noqa: E402
@@ -60,20 +58,6 @@ def parse_args(argv=None):
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'overhead.json'))
     p.add_argument('--no-plot', action='store_true')
     return p.parse_args(argv)
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return 'unknown'
-
-
-def machine_info(threads: int) -> Dict:
-    return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                cpu_count=os.cpu_count(), torch_threads=threads, python=platform.python_version(),
-                torch=torch.__version__, timm=timm.__version__,
-                device='cpu', load_avg_start=os.getloadavg() if hasattr(os, 'getloadavg') else None)
 
 
 # ------------------------------------------------------------------------------------------------- FLOPs
@@ -192,9 +176,8 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     report = dict(
-        command=' '.join([Path(sys.executable).name, *sys.argv]) if argv is None else f'overhead.py {" ".join(argv)}',
-        commit=_git('rev-parse', 'HEAD'), dirty=bool(_git('status', '--porcelain', '--untracked-files=no')),
-        machine=machine_info(args.threads),
+        command=command_line('benchmarks/overhead.py', argv), commit=git_commit(), dirty=git_dirty(),
+        machine=machine_info(args.threads, device='cpu', load_key='load_avg_start'),
         settings=dict(img_size=args.img_size, batch_size=args.batch_size, warmup=args.warmup, steps=args.steps,
                       seed=args.seed, optimizer='SGD(lr=0.01, momentum=0.9)', modes=MODES,
                       timing='median wall time (perf_counter) of interleaved round-robin steps; step = '
@@ -213,13 +196,7 @@ def main(argv=None):
         for mode, r in res['modes'].items():
             print(f'  {mode:8s} {r["median_s"] * 1e3:8.1f} ms  x{r["ratio"]:.2f}  (CPU time x{r["cpu_ratio"]:.2f})  '
                   f'FLOPs x{r["flops_ratio"]:.2f}  measured/FLOPs {r["ratio_over_flops_ratio"]:.2f}')
-    report['machine']['load_avg_end'] = os.getloadavg() if hasattr(os, 'getloadavg') else None
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    if not args.no_plot:
-        plot(report, out.with_suffix('.png'))
-    print(f'wrote {out}')
+    write_report(report, Path(args.out), plot, args.no_plot)
     return report
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, command_line, git_commit, machine_info, write_report  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 import timm  # noqa: E402
@@ -117,7 +117,7 @@ def data_only(args, data) -> dict:
     return out
 
 
-def plot(result: dict, out_png: str) -> None:
+def plot(result: dict, out_png: Path) -> None:
     """Bar chart of median img/s per variant, ratio to the plain loop on each bar."""
     import matplotlib
     matplotlib.use('Agg')
@@ -137,7 +137,7 @@ def plot(result: dict, out_png: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--data-dir', default=str(ROOT / '..' / 'shared' / 'data' / 'cifar10'))
     p.add_argument('--model', default='cifar_resnet20')
@@ -148,11 +148,11 @@ def main() -> None:
     p.add_argument('--rounds', type=int, default=3)
     p.add_argument('--no-compile', action='store_true', help='skip the torch.compile variants')
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'throughput.json'))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data_dir, 'train')):
         raise FileNotFoundError(f'{args.data_dir}/train not found: pass --data-dir with a CIFAR-10 image folder.')
 
-    load_start = os.getloadavg()
+    machine = machine_info(device='cpu', load_key='loadavg_start')
     t0 = time.perf_counter()
     data = load_image_tensors('', args.data_dir, 'train')
     cache_s = time.perf_counter() - t0
@@ -179,16 +179,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items() if v}
     plain = med['plain_imagefolder_dataloader']
     ours_best = max((k for k in med if k.startswith('ours')), key=lambda k: med[k])
-    try:
-        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = None
     result = dict(
-        command=' '.join([sys.executable.split('/')[-1], 'benchmarks/throughput.py'] + sys.argv[1:]),
-        commit=commit,
-        machine=dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
-                     torch=torch.__version__, timm=timm.__version__, torch_threads=torch.get_num_threads(),
-                     loadavg_start=load_start, loadavg_end=os.getloadavg()),
+        command=command_line('benchmarks/throughput.py', argv), commit=git_commit(), machine=machine,
         setup=dict(model=args.model, batch_size=args.batch_size, dataloader_workers=args.workers,
                    warmup_steps=args.warmup, timed_steps=args.steps, rounds=args.rounds,
                    train_images=len(data), cache_load_or_build_s=round(cache_s, 2)),
@@ -200,15 +192,8 @@ def main() -> None:
         target_ratio=1.2,
         errors=errors,
     )
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(result, f, indent=2)
-    try:
-        plot(result, os.path.splitext(args.out)[0] + '.png')
-    except ImportError:
-        pass
     print(json.dumps({k: result[k] for k in ('ratio_vs_plain', 'best_ours', 'best_ratio')}, indent=2))
-    print(f'wrote {args.out}')
+    write_report(result, Path(args.out), plot, end_key=('machine', 'loadavg_end'))
 
 
 if __name__ == '__main__':

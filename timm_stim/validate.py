@@ -38,6 +38,7 @@ from .data import (TensorLoader, TransformSubset, dataset_targets, fit_channels,
                    subset_indices)
 from .depth import check_depths, find_stages, full_depths, recalibrate_bn, subnetwork, valid_depths
 from .elastic import depth_profile
+from .train import _non_negative_int, _positive_int
 
 __all__ = ['build_parser', 'main', 'evaluate_depths', 'plot_robustness', 'parse_depths']
 
@@ -53,20 +54,6 @@ def parse_depths(text: str) -> Tuple[int, ...]:
     if not depths or min(depths) < 1:
         raise argparse.ArgumentTypeError(f'depths must be positive integers, got {text!r}')
     return depths
-
-
-def _non_negative_int(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
-    return v
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f'must be a positive integer, got {text}')
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
