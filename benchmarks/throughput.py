@@ -62,7 +62,7 @@ def _time_steps(step, batches, warmup: int, steps: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def plain_loop(args, model_name: str) -> float:
+def plain_loop(args, model_name: str, channels_last: bool = False) -> float:
     """torchvision ImageFolder + DataLoader(num_workers) + a hand-written step (the reference)."""
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
@@ -70,12 +70,13 @@ def plain_loop(args, model_name: str) -> float:
     ds = ImageFolder(os.path.join(args.data_dir, 'train'), transform=tf)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                                          drop_last=True, persistent_workers=False)
-    model = _model(model_name)
+    model = _model(model_name, channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     crit = nn.CrossEntropyLoss()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def step(x, y):
-        loss = crit(model(x), y)
+        loss = crit(model(x.contiguous(memory_format=fmt)), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -157,7 +158,9 @@ def main(argv=None) -> None:
     data = load_image_tensors('', args.data_dir, 'train')
     cache_s = time.perf_counter() - t0
 
-    variants = {'plain_imagefolder_dataloader': None, 'ours': (False, False), 'ours_channels_last': (True, False)}
+    # name -> None (plain loop, NCHW), 'cl' (plain loop, channels-last) or (channels_last, compiled) for ours
+    variants = {'plain_imagefolder_dataloader': None, 'plain_channels_last': 'cl', 'ours': (False, False),
+                'ours_channels_last': (True, False)}
     if not args.no_compile:
         variants.update({'ours_compile_blocks': (False, True), 'ours_channels_last_compile_blocks': (True, True)})
     rates = {k: [] for k in variants}
@@ -167,7 +170,10 @@ def main(argv=None) -> None:
             if name in errors:
                 continue
             try:
-                rate = plain_loop(args, args.model) if cfg is None else ours(args, args.model, data, *cfg, epoch=r)
+                if cfg is None or cfg == 'cl':
+                    rate = plain_loop(args, args.model, channels_last=cfg == 'cl')
+                else:
+                    rate = ours(args, args.model, data, *cfg, epoch=r)
             except Exception as e:  # e.g. no C++ compiler for inductor: record, keep going
                 errors[name] = f'{type(e).__name__}: {e}'[:500]
                 continue
@@ -189,10 +195,13 @@ def main(argv=None) -> None:
         data_only_img_per_s=loader_rates,
         best_ours=ours_best,
         best_ratio=round(med[ours_best] / plain, 3),
+        # like for like: both loops with channels-last, so only the data path differs
+        channels_last_ratio=(round(med['ours_channels_last'] / med['plain_channels_last'], 3)
+                             if {'ours_channels_last', 'plain_channels_last'} <= set(med) else None),
         target_ratio=1.2,
         errors=errors,
     )
-    print(json.dumps({k: result[k] for k in ('ratio_vs_plain', 'best_ours', 'best_ratio')}, indent=2))
+    print(json.dumps({k: result[k] for k in ('ratio_vs_plain', 'best_ours', 'best_ratio', 'channels_last_ratio')}, indent=2))
     write_report(result, Path(args.out), plot, end_key=('machine', 'loadavg_end'))
 
 

@@ -221,8 +221,8 @@ def test_validate_full_subnetwork_and_robustness(stpp_run, tmp_path):
     assert full['full'] and full['depths'] == [3, 3, 3] and 0 <= full['top1'] <= 100
     sub = main(common + ['--depths', '3,2,3', '--bn-recalib', '64'])['results'][0]
     assert sub['depths'] == [3, 2, 3] and sub['flops'] < full['flops']
-    res = main(common + ['--robustness', 'random', '--robustness-samples', '3', '--bn-recalib', '64',
-                         '--results-file', str(tmp_path / 'rob.json')])
+    main(common + ['--robustness', 'random', '--robustness-samples', '3', '--bn-recalib', '64',
+                   '--results-file', str(tmp_path / 'rob.json')])
     data = json.load(open(tmp_path / 'rob.json'))
     assert len(data['results']) == 4 and data['results'][-1]['full'] and data['bn_recalib'] == 64
     assert (tmp_path / 'rob.png').is_file()
@@ -272,3 +272,18 @@ def test_launcher_runs_upstream_train_py(tmp_path):
     assert 'StimulativeTrainer' in r.stderr + r.stdout
     ckpt = _load(tmp_path / 'up' / 'last.pth.tar')
     assert 'stim_sampler' in ckpt['task_state']  # upstream's CheckpointSaver stored our sampler state
+
+
+def test_console_scripts_exit_zero(monkeypatch):
+    """The console scripts (`sys.exit(entry())`) must not pass main()'s result dict to sys.exit (exit code 1)."""
+    from importlib.metadata import entry_points
+    import timm_stim.train as train_mod
+    import timm_stim.validate as validate_mod
+    scripts = {ep.name: ep for ep in entry_points(group='console_scripts') if ep.name.startswith('timm-stim-')}
+    assert {'timm-stim-train', 'timm-stim-validate', 'timm-stim-launch-upstream'} <= set(scripts)
+    for mod in (train_mod, validate_mod):
+        monkeypatch.setattr(mod, 'main', lambda argv=None: {'results': []})
+    for name in ('timm-stim-train', 'timm-stim-validate'):
+        with pytest.raises(SystemExit) as exc:
+            raise SystemExit(scripts[name].load()())
+        assert exc.value.code is None

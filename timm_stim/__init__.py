@@ -5,7 +5,7 @@
 from .version import __version__
 from .depth import (
     Stage, find_stages, register_adapter, supported_families, full_depths, depth_ranges, check_depths,
-    subnetwork, run_subnetworks, MultiDepthForward, valid_depths, export_subnetwork, recalibrate_bn,
+    subnetwork, run_subnetworks, MultiDepthForward, compile_blocks, valid_depths, export_subnetwork, recalibrate_bn,
 )
 from .sampling import SPACES, DepthSampler, build_space, parse_space, sample_depths, stpp_kept_set
 from .losses import kl, kl_minus, normalize_logits, smaller_input, DEFAULT_AMPLITUDE

@@ -20,8 +20,8 @@ from timm.utils.model import unwrap_model
 
 __all__ = [
     'Stage', 'find_stages', 'register_adapter', 'supported_families', 'full_depths', 'depth_ranges',
-    'check_depths', 'subnetwork', 'run_subnetworks', 'MultiDepthForward', 'valid_depths', 'export_subnetwork',
-    'recalibrate_bn',
+    'check_depths', 'subnetwork', 'run_subnetworks', 'MultiDepthForward', 'compile_blocks', 'valid_depths',
+    'export_subnetwork', 'recalibrate_bn',
 ]
 
 Depths = Tuple[int, ...]
@@ -227,6 +227,29 @@ class MultiDepthForward(nn.Module):
         if plan is None:
             return self.module(x)
         return run_subnetworks(self.module, x, plan)
+
+
+def compile_blocks(model: nn.Module, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> int:
+    """`torch.compile` every residual block in place (`nn.Module.compile`: state-dict keys unchanged).
+
+    One graph per block and input shape serves every sub-network (a whole-model compile would recompile for each
+    new depth tuple). A model without droppable blocks is compiled whole. Returns the number of compiled modules.
+    """
+    import torch._dynamo
+    compile_kwargs.setdefault('dynamic', False)  # symbolic shapes of resized inputs trip inductor (torch 2.14)
+    try:
+        stages = find_stages(model)
+    except TypeError:
+        model.compile(backend=backend, mode=mode, **compile_kwargs)
+        return 1
+    blocks = [b for s in stages for b in list(s.container.children())[s.start:s.start + s.num_blocks]]
+    # blocks of one class share a code object, and each input size is a graph: allow many graphs
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, 64)
+    cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 64 * len(blocks))
+    for block in blocks:
+        block.compile(backend=backend, mode=mode, **compile_kwargs)
+    return len(blocks)
 
 
 def valid_depths(model: nn.Module) -> List[Depths]:

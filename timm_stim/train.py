@@ -49,7 +49,7 @@ from timm.utils.model import unwrap_model
 import timm_stim  # noqa: F401  (registers the *_stim models)
 from .data import (TensorLoader, TransformSubset, dataset_targets, fit_channels, fits_fast_path, load_image_tensors,
                    subset_indices)
-from .depth import find_stages
+from .depth import compile_blocks
 from .trainer import MODES, StimulativeTrainer
 
 __all__ = ['build_parser', 'main', 'NonFiniteLossError', 'plot_curves', 'compile_blocks', 'find_resume_checkpoint']
@@ -300,26 +300,6 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------- pieces
-def compile_blocks(model: nn.Module, backend: str = 'inductor', mode: Optional[str] = None) -> int:
-    """`torch.compile` every residual block in place (`nn.Module.compile`: state-dict keys unchanged).
-
-    Compiling per block keeps one graph per block shape, so sampling sub-networks never recompiles (a
-    whole-model compile would recompile for each new depth tuple). Falls back to the whole model for a model
-    without droppable blocks. Returns the number of compiled modules.
-    """
-    try:
-        stages = find_stages(model)
-    except TypeError:
-        model.compile(backend=backend, mode=mode)
-        return 1
-    n = 0
-    for s in stages:
-        for block in list(s.container.children())[s.start:s.start + s.num_blocks]:
-            block.compile(backend=backend, mode=mode)
-            n += 1
-    return n
-
-
 def _rng_state() -> Dict[str, Any]:
     np_state = np.random.get_state()
     state = {
@@ -571,7 +551,7 @@ def _fmt_td(seconds: float) -> str:
 def train_one_epoch(epoch: int, task: StimulativeTrainer, loader, optimizer, args, ctx: Dict[str, Any]) -> OrderedDict:
     """One epoch (from `ctx['start_batch']`): forward through the task, NaN check, backward, step, logs."""
     device, amp_autocast, loss_scaler, mixup_fn = ctx['device'], ctx['amp_autocast'], ctx['loss_scaler'], ctx['mixup_fn']
-    lr_scheduler, saver = ctx['lr_scheduler'], ctx['saver']
+    lr_scheduler = ctx['lr_scheduler']
     if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
         if mixup_fn is not None:
             mixup_fn.mixup_enabled = False
@@ -1006,5 +986,10 @@ def _recalib_batches(loader, epoch: int, args):
     return iter(loader)
 
 
-if __name__ == '__main__':
+def cli() -> None:
+    """Console-script entry point (`timm-stim-train`): run `main`, exit 0 (its returned dict is for Python callers)."""
     main()
+
+
+if __name__ == '__main__':
+    cli()

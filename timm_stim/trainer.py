@@ -14,7 +14,7 @@ import torch.nn as nn
 from timm.task import ClassificationTask
 from timm.utils.model import unwrap_model
 
-from .depth import MultiDepthForward, depth_ranges, find_stages, recalibrate_bn, run_subnetworks
+from .depth import MultiDepthForward, compile_blocks, depth_ranges, find_stages, recalibrate_bn, run_subnetworks
 from .losses import DEFAULT_AMPLITUDE, kl, kl_minus, normalize_logits
 from .sampling import DepthSampler, build_space
 
@@ -174,21 +174,13 @@ class StimulativeTrainer(ClassificationTask):
         return self
 
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
-        """Compile each residual block in place (`nn.Module.compile`), not the whole model.
+        """Compile each residual block in place (`depth.compile_blocks`), not the whole model.
 
-        A whole-model compile recompiles for every new sub-network and falls back to eager after a few; per-block
-        graphs are shared by all sub-networks. State-dict keys are unchanged. Call before `prepare_distributed`.
+        A whole-model compile recompiles for every new sub-network; per-block graphs serve them all. Call before
+        `prepare_distributed`. Returns the (same) eval model.
         """
-        import torch._dynamo
         model = unwrap_model(self.trainable_module)
-        blocks = [b for s in find_stages(model) for b in list(s.container.children())[s.start:s.start + s.num_blocks]]
-        # blocks of one class share a code object, and each input size is a graph: allow many graphs
-        cfg = torch._dynamo.config
-        cfg.recompile_limit = max(cfg.recompile_limit, 64)
-        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 64 * len(blocks))
-        compile_kwargs.setdefault('dynamic', False)  # symbolic shapes of resized inputs trip inductor (torch 2.14)
-        for block in blocks:
-            block.compile(backend=backend, mode=mode, **compile_kwargs)
+        compile_blocks(model, backend=backend, mode=mode, **compile_kwargs)
         self.eval_model = model
         return model
 

@@ -305,5 +305,10 @@ def _run(args, argv) -> Dict[str, Any]:
     return result
 
 
-if __name__ == '__main__':
+def cli() -> None:
+    """Console-script entry point (`timm-stim-validate`): run `main`, exit 0 (its returned dict is for Python callers)."""
     main()
+
+
+if __name__ == '__main__':
+    cli()
