@@ -162,15 +162,20 @@ def check_depths(stages: Sequence[Stage], depths: Sequence[int]) -> Depths:
 
 
 @contextmanager
-def subnetwork(model: nn.Module, depths: Optional[Sequence[int]]) -> Iterator[nn.Module]:
+def subnetwork(
+        model: nn.Module,
+        depths: Optional[Sequence[int]],
+        stages: Optional[Sequence[Stage]] = None,
+) -> Iterator[nn.Module]:
     """Run `model` as the sub-network keeping `depths[i]` leading blocks of stage i, inside the block.
 
     The full network is restored on exit, also when the body raises. `depths=None` keeps everything.
+    `stages` (from `find_stages(model)`) saves the discovery when running many sub-networks of one model.
     """
     if depths is None:
         yield model
         return
-    stages = find_stages(model)
+    stages = find_stages(model) if stages is None else stages
     depths = check_depths(stages, depths)
     saved = []
     try:
@@ -198,9 +203,10 @@ def run_subnetworks(
     """
     from .losses import smaller_input
     outputs = [model(x)]
+    stages = find_stages(model) if plan else None  # once per step, not once per sub-network
     for depths, size in plan:
         xs = smaller_input(x, size)
-        with subnetwork(model, depths):
+        with subnetwork(model, depths, stages):
             try:
                 outputs.append(model(xs))
             except (RuntimeError, AssertionError) as e:  # timm's size checks raise AssertionError
