@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 import timm  # noqa: E402
 import timm_stim  # noqa: E402,F401
 from timm_stim.data import TensorLoader, load_image_tensors  # noqa: E402
-from timm_stim.train import compile_blocks  # noqa: E402
+from timm_stim.depth import compile_blocks  # noqa: E402
+from timm_stim.models import CIFAR10_MEAN as MEAN, CIFAR10_STD as STD  # noqa: E402
 from timm_stim.trainer import StimulativeTrainer  # noqa: E402
 
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 def _model(name: str, channels_last: bool = False, compiled: bool = False) -> nn.Module:

@@ -23,8 +23,7 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+from timm_stim.models import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402,F401  (one source for the statistics)
 
 torch.set_num_threads(int(os.environ.get('TIMM_STIM_TEST_THREADS', min(4, os.cpu_count() or 1))))
 

@@ -267,8 +267,9 @@ class TensorLoader:
         self.out_hw = tuple(input_size[-2:]) if input_size else tuple(data.images.shape[-2:])
         if len(mean) not in (1, in_chans) or len(std) not in (1, in_chans):
             raise ValueError(f'mean/std need 1 or {in_chans} values, got {len(mean)} / {len(std)}.')
-        self.mean = torch.tensor([m * 255 for m in mean], dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor([s * 255 for s in std], dtype=torch.float32).view(1, -1, 1, 1)
+        # on the output device once: _finish runs every batch
+        self.mean = torch.tensor([m * 255 for m in mean], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor([s * 255 for s in std], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.global_batch = batch_size * world_size
         n = len(data)
         if is_training:
@@ -354,7 +355,7 @@ class TensorLoader:
                 raise ValueError(f'cannot feed {c}-channel images to a {self.in_chans}-channel model.')
         if tuple(x.shape[-2:]) != self.out_hw:
             x = F.interpolate(x, size=self.out_hw, mode='bilinear', align_corners=False, antialias=True)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x.to(self.dtype)
