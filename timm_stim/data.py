@@ -9,7 +9,7 @@ worker processes: on two CPU cores the time goes into the network.
 Order and augmentation depend only on (seed, epoch, batch index), never on global RNGs or on the number of
 processes: the global batch `i` is the same whatever the world size, and rank `r` takes the `r`-th slice of it.
 So DDP runs see the same data as one process with the same global batch, and a resumed run continues at the
-right batch (`TensorLoader.state_dict`).
+right batch (`TensorLoader.skip_to`).
 """
 from __future__ import annotations
 
@@ -244,7 +244,9 @@ class TensorLoader:
             world_size: int = 1,
             padding: int = 4,
             hflip: float = 0.5,
+            vflip: float = 0.,
             no_aug: bool = False,
+            crop_pct: float = 1.0,
             device: torch.device = torch.device('cpu'),
             dtype: torch.dtype = torch.float32,
             channels_last: bool = False,
@@ -261,6 +263,10 @@ class TensorLoader:
         self.rank, self.world_size = rank, world_size
         self.padding = 0 if no_aug else padding
         self.hflip = 0. if no_aug else hflip
+        self.vflip = 0. if no_aug else vflip
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f'crop_pct must be in (0, 1], got {crop_pct}.')
+        self.crop_pct = crop_pct
         self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
         in_chans = input_size[0] if input_size else data.images.shape[1]
         self.in_chans = in_chans
@@ -294,13 +300,6 @@ class TensorLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def state_dict(self) -> Dict[str, int]:
-        return {'epoch': self.epoch, 'batch': self.start_batch, 'seed': self.seed}
-
-    def load_state_dict(self, state: Dict[str, int]) -> None:
-        self.epoch, self.start_batch = int(state['epoch']), int(state['batch'])
-        self.seed = int(state.get('seed', self.seed))
-
     def skip_to(self, batch: int) -> None:
         """Start the next iteration at batch `batch` of the current epoch (mid-epoch resume)."""
         self.start_batch = batch
@@ -331,8 +330,10 @@ class TensorLoader:
         oy = torch.randint(0, 2 * p + 1, (gb,), generator=g)
         ox = torch.randint(0, 2 * p + 1, (gb,), generator=g)
         flip = torch.rand(gb, generator=g) < self.hflip
+        # drawn only when asked for: the stream of the default recipe stays what it was
+        vflip = torch.rand(gb, generator=g) < self.vflip if self.vflip else torch.zeros(gb, dtype=torch.bool)
         sl = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        idx, oy, ox, flip = gidx[sl], oy[sl], ox[sl], flip[sl]
+        idx, oy, ox, flip, vflip = gidx[sl], oy[sl], ox[sl], flip[sl], vflip[sl]
         x = self.data.images[idx]
         if p:
             h, w = x.shape[-2:]
@@ -340,6 +341,8 @@ class TensorLoader:
             x = torch.stack([xp[j, :, t:t + h, l:l + w] for j, (t, l) in enumerate(zip(oy.tolist(), ox.tolist()))])
         if flip.any():
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if vflip.any():
+            x = torch.where(vflip[:, None, None, None], x.flip(-2), x)
         return x, self.data.targets[idx]
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
@@ -353,7 +356,12 @@ class TensorLoader:
                 x = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, True)
             else:
                 raise ValueError(f'cannot feed {c}-channel images to a {self.in_chans}-channel model.')
-        if tuple(x.shape[-2:]) != self.out_hw:
+        if self.crop_pct < 1 and not self.is_training:  # timm's eval transform: resize to size / crop_pct, centre crop
+            big = tuple(int(s / self.crop_pct) for s in self.out_hw)
+            x = F.interpolate(x, size=big, mode='bilinear', align_corners=False, antialias=True)
+            top, left = (big[0] - self.out_hw[0]) // 2, (big[1] - self.out_hw[1]) // 2
+            x = x[..., top:top + self.out_hw[0], left:left + self.out_hw[1]]
+        elif tuple(x.shape[-2:]) != self.out_hw:
             x = F.interpolate(x, size=self.out_hw, mode='bilinear', align_corners=False, antialias=True)
         x = (x - self.mean) / self.std
         if self.channels_last:

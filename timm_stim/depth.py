@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 import itertools
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -278,7 +278,7 @@ def export_subnetwork(model: nn.Module, depths: Sequence[int]) -> nn.Module:
 
 @torch.no_grad()
 def recalibrate_bn(
-        model: nn.Module,
+        model: Union[nn.Module, Sequence[nn.Module]],
         batches: Iterable,
         num_images: int = 2000,
         depths: Optional[Sequence[int]] = None,
@@ -288,32 +288,41 @@ def recalibrate_bn(
     ST (arXiv:2210.04153) re-estimates BN after every epoch because sub-network passes disturb the running
     statistics. Statistics are reset, then set to the exact (equal-weight) average of the per-batch statistics
     (momentum=None); the last batch is trimmed so that exactly `num_images` images are seen when available.
-    Batches are tensors or (input, target) tuples. Returns the number of images used.
+    `model` may be a list (e.g. the trained model and its EMA): every model sees the same batches. Batches are
+    tensors or (input, target) tuples. Returns the number of images used.
     """
     if num_images < 1:
         raise ValueError(f'num_images must be >= 1, got {num_images}.')
-    with subnetwork(model, depths):
-        # only the BN layers this (sub-)network runs: a skipped block keeps the full network's statistics
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not bns:
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    with ExitStack() as stack:
+        # only the BN layers a (sub-)network runs: a skipped block keeps the full network's statistics
+        models = [m for m in models if stack.enter_context(_bn_reset(stack.enter_context(subnetwork(m, depths))))]
+        if not models:
             return 0
-        was_training = model.training
-        momenta = [bn.momentum for bn in bns]
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None
         seen = 0
-        model.train()
-        try:
-            for batch in batches:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                x = x[:num_images - seen]
-                model(x)
-                seen += x.shape[0]
-                if seen >= num_images:
-                    break
-        finally:
-            for bn, m in zip(bns, momenta):
-                bn.momentum = m
-            model.train(was_training)
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x = x[:num_images - seen]
+            for m in models:
+                m(x.to(next(m.parameters()).device))
+            seen += x.shape[0]
+            if seen >= num_images:
+                break
     return seen
+
+
+@contextmanager
+def _bn_reset(model: nn.Module) -> Iterator[bool]:
+    """Reset `model`'s BN running statistics, accumulate a plain average (momentum None) in train mode inside."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training, momenta = model.training, [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    try:
+        yield bool(bns)
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        model.train(was_training)

@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA')
     g.add_argument('--momentum', type=float, default=0.9, metavar='M')
     g.add_argument('--weight-decay', type=float, default=2e-5)
+    g.add_argument('--filter-bias-and-bn', action=argparse.BooleanOptionalAction, default=True,
+                   help='[timm-stim] exempt BN / bias / 1-d parameters from weight decay (timm default); '
+                        '--no-filter-bias-and-bn decays every parameter, as the released ST++ code and the '
+                        'classic CIFAR recipes do')
     g.add_argument('--clip-grad', type=float, default=None, metavar='NORM')
     g.add_argument('--clip-mode', default='norm', choices=('norm', 'value', 'agc'))
     g.add_argument('--layer-decay', type=float, default=None)
@@ -267,9 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='amplitude A of KL- (default 1, the released value)')
     g.add_argument('--stim-main-normalized', action=argparse.BooleanOptionalAction, default=None,
                    help='main loss on A * LN(z) (default: on for stpp)')
-    g.add_argument('--stim-bn-recalib', type=_non_negative_int, default=None, metavar='N',
-                   help='re-estimate BN with the full network on N training images after each epoch '
-                        '(default 2000 for st / stpp, 0 = off)')
+    g.add_argument('--stim-bn-recalib', type=_non_negative_int, default=2000, metavar='N',
+                   help='re-estimate BN (model and EMA) with the full network on N training images after each '
+                        'epoch, for every mode including the baseline (as the released code); 0 = off')
+    g.add_argument('--stim-bn-recalib-aug', action=argparse.BooleanOptionalAction, default=True,
+                   help='re-estimate BN on training-augmented images at the training resolution (as released); '
+                        '--no-stim-bn-recalib-aug uses un-augmented training images')
     return parser
 
 
@@ -293,8 +300,6 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error('--fast-data does batch tensor augmentation only: drop --aa / --reprob or use --no-fast-data')
     if (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax) and args.batch_size % 2:
         parser.error('mixup / cutmix need an even --batch-size')
-    if args.stim_bn_recalib is None:
-        args.stim_bn_recalib = 0 if args.stim_mode == 'off' else 2000
     args.prefetcher = not args.no_prefetcher
     return args
 
@@ -463,15 +468,19 @@ def _build_data(args, data_config, device, model_dtype):
                   seed=args.seed, rank=args.rank, world_size=args.world_size, device=device,
                   dtype=model_dtype or torch.float32, channels_last=args.channels_last)
     eval_bs = args.validation_batch_size or args.batch_size
+    recalib_aug = args.stim_bn_recalib_aug
     if use_fast:
-        loader_train = TensorLoader(train_data, args.batch_size, True, padding=args.crop_padding, hflip=args.hflip,
-                                    no_aug=args.no_aug, num_batches=args.train_batches_per_epoch, **common)
+        aug = dict(padding=args.crop_padding, hflip=args.hflip, vflip=args.vflip, no_aug=args.no_aug)
+        loader_train = TensorLoader(train_data, args.batch_size, True, num_batches=args.train_batches_per_epoch,
+                                    **aug, **common)
         loader_eval = None
         if args.val_split:
             val_data = load_image_tensors(args.dataset, args.data_dir, args.val_split, args.val_subset,
                                           args.dataset_download, args.data_cache_dir, args.class_map)
-            loader_eval = TensorLoader(val_data, eval_bs, False, **common)
-        recalib = TensorLoader(train_data, args.batch_size, False, shuffle=True, **common)
+            loader_eval = TensorLoader(val_data, eval_bs, False, crop_pct=data_config['crop_pct'], **common)
+        # BN re-estimation: training images in their own seeded order, augmented as for training (as released)
+        recalib = TensorLoader(train_data, args.batch_size, recalib_aug, shuffle=True,
+                               **(aug if recalib_aug else {}), **{**common, 'seed': args.seed + 1})
         mixup_fn = Mixup(**_mixup_args(args)) if mixup_active else None
         return loader_train, loader_eval, recalib, mixup_fn, 'tensor'
 
@@ -479,7 +488,7 @@ def _build_data(args, data_config, device, model_dtype):
     ds_kwargs = dict(class_map=args.class_map, download=args.dataset_download, batch_size=args.batch_size)
     ds_train = create_dataset(args.dataset, root=args.data_dir, split=args.train_split, is_training=True,
                               seed=args.seed, **ds_kwargs)
-    ds_recalib = create_dataset(args.dataset, root=args.data_dir, split=args.train_split, is_training=False,
+    ds_recalib = create_dataset(args.dataset, root=args.data_dir, split=args.train_split, is_training=recalib_aug,
                                 **ds_kwargs)
     idx = subset_indices(dataset_targets(ds_train), args.train_subset) if args.train_subset else \
         list(range(len(ds_train)))
@@ -502,11 +511,14 @@ def _build_data(args, data_config, device, model_dtype):
             collate_fn = FastCollateMixup(**_mixup_args(args))
         else:
             mixup_fn = Mixup(**_mixup_args(args))
-    loader_train = create_loader(
-        ds_train, batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, re_prob=args.reprob,
+    train_aug = dict(
+        batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, re_prob=args.reprob,
         re_mode=args.remode, re_count=args.recount, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
-        vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa, interpolation=train_interpolation,
-        collate_fn=collate_fn, **loader_common)
+        vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa, interpolation=train_interpolation)
+    loader_train = create_loader(ds_train, collate_fn=collate_fn, **train_aug, **loader_common)
+    if len(loader_train) == 0:
+        raise ValueError(f'{len(ds_train)} training images are fewer than one batch of {args.batch_size} '
+                         f'(timm drops the incomplete last batch): lower --batch-size.')
     eval_kwargs = dict(batch_size=eval_bs, is_training=False, interpolation=data_config['interpolation'],
                        crop_pct=data_config['crop_pct'], **loader_common)
     loader_eval = None
@@ -516,7 +528,10 @@ def _build_data(args, data_config, device, model_dtype):
         if args.val_subset:
             ds_eval = TransformSubset(ds_eval, subset_indices(dataset_targets(ds_eval), args.val_subset))
         loader_eval = create_loader(ds_eval, **eval_kwargs)
-    recalib = create_loader(ds_recalib, **{**eval_kwargs, 'distributed': args.distributed})
+    if recalib_aug:
+        recalib = _SeededLoader(create_loader(ds_recalib, **train_aug, **loader_common), args.seed + 1)
+    else:
+        recalib = create_loader(ds_recalib, **eval_kwargs)
     return _SeededLoader(loader_train, args.seed, args.train_batches_per_epoch), loader_eval, recalib, mixup_fn, 'timm'
 
 
@@ -822,7 +837,8 @@ def _run(args) -> Dict[str, Any]:
         args.lr = args.lr_base * (ratio ** 0.5 if args.lr_base_scale == 'sqrt' else ratio)
         if utils.is_primary(args):
             _logger.info(f'Learning rate {args.lr:g} from --lr-base {args.lr_base} and global batch {global_batch}.')
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), filter_bias_and_bn=args.filter_bias_and_bn,
+                                    **args.opt_kwargs)
 
     ckpt, resume_path = None, None
     if args.resume:
@@ -930,9 +946,11 @@ def _run(args) -> Dict[str, Any]:
 
         if args.stim_bn_recalib and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in eval_model.modules()):
             per_rank = -(-args.stim_bn_recalib // args.world_size)
-            seen = task.recalibrate_bn(_recalib_batches(loader_recalib, epoch, args), per_rank)
+            with amp_autocast():  # model and EMA, same images, in the precision the model trains in
+                seen = task.recalibrate_bn(_recalib_batches(loader_recalib, epoch, args), per_rank)
             if utils.is_primary(args):
-                _logger.info(f'Re-estimated BN statistics on {seen * args.world_size} training images.')
+                _logger.info(f'Re-estimated BN statistics{" (model and EMA)" if task.has_ema() else ""} on '
+                             f'{seen * args.world_size} training images.')
         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
             utils.distribute_bn(eval_model, args.world_size, args.dist_bn == 'reduce')
 
@@ -980,7 +998,7 @@ def _run(args) -> Dict[str, Any]:
 
 
 def _recalib_batches(loader, epoch: int, args):
-    """Training images without augmentation for BN re-estimation (each rank its own shard)."""
+    """Training images for BN re-estimation, in an order seeded by (seed, epoch) (each rank its own shard)."""
     if hasattr(loader, 'set_epoch'):
         loader.set_epoch(epoch)
     return iter(loader)

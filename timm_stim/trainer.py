@@ -194,5 +194,12 @@ class StimulativeTrainer(ClassificationTask):
             self.sampler.load_state_dict(state['stim_sampler'])
 
     def recalibrate_bn(self, batches: Iterable, num_images: int = 2000) -> int:
-        """Re-estimate BN statistics with the full network (ST: after every epoch, ~2,000 images)."""
-        return recalibrate_bn(unwrap_model(self.trainable_module), batches, num_images)
+        """Re-estimate BN statistics with the full network (ST: after every epoch, ~2,000 images).
+
+        The EMA model, when there is one, is re-estimated on the same batches: its averaged buffers mix the
+        statistics of the sub-network passes (smaller inputs, fewer blocks) just as the trained model's do.
+        """
+        models = [unwrap_model(self.trainable_module)]
+        if self.has_ema():
+            models.append(unwrap_model(self.get_eval_model(ema=True)))
+        return recalibrate_bn(models, batches, num_images)
