@@ -11,6 +11,12 @@ load change on the machine hits all of them alike.
     python benchmarks/throughput.py --data-dir ../shared/data/cifar10 --model cifar_resnet20
 
 Writes benchmarks/results/throughput.json (command, commit, machine, numbers). Target: ours >= 1.2x plain.
+
+    python benchmarks/throughput.py --sweep --out benchmarks/results/throughput_precision.json
+
+measures instead float32 against bfloat16 autocast (`--amp --amp-dtype bfloat16`), baseline and ST++ (K=1), for
+the CIFAR ResNets and the timm `_stim` models at 32x32, and for the CIFAR ResNets one thread, two threads, and two
+one-thread processes side by side (the way the long runs share this machine's two cores).
 """
 from __future__ import annotations
 
@@ -138,8 +144,83 @@ def plot(result: dict, out_png: Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------ precision / threads sweep (--sweep)
+# timed steps of batch 128 per model, so that each measurement takes a few seconds on this CPU
+SWEEP_MODELS = {'cifar_resnet20': 20, 'cifar_resnet56': 8, 'resnet18_stim': 8, 'resnet50_stim': 4,
+                'wide_resnet50_2_stim': 2, 'mobilenetv3_large_100_stim': 6}
+LAYOUTS = {'1x1t': (1, 1), '1x2t': (1, 2), '2x1t': (2, 1)}  # (processes side by side, threads each)
+
+
+def sweep_worker(model_name: str, precision: str, mode: str, steps: int, threads: int, data_dir: str) -> float:
+    """img/s of one training process: channels-last, SGD, `StimulativeTrainer(mode)` (stpp: K=1), autocast."""
+    from contextlib import nullcontext
+    torch.set_num_threads(threads)
+    data = load_image_tensors('', data_dir, 'train', subset=128 * (steps + 8))
+    loader = TensorLoader(data, 128, True, MEAN, STD, seed=0, channels_last=True)
+    model = _model(model_name, channels_last=True)
+    task = StimulativeTrainer(model, criterion=nn.CrossEntropyLoss(), mode=mode, verbose=False,
+                              **({'subnets': 1} if mode == 'stpp' else {}))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    autocast = (lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if precision == 'bf16' else nullcontext
+    if mode == 'stpp':  # every sub-network input size once, so one-off kernel set-up is not timed
+        for side in range(int(task.stim.min_scale * 32), 33):
+            with autocast():
+                model(torch.randn(4, 3, side, side).contiguous(memory_format=torch.channels_last)).sum().backward()
+        opt.zero_grad(set_to_none=True)
+
+    def step(x, y):
+        with autocast():
+            loss = task(x, y)['loss']
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return _time_steps(step, loader, 3, steps)
+
+
+def _sweep_point(args, model_name: str, precision: str, mode: str, layout: str) -> float:
+    """Total img/s of `layout`: n processes side by side with t threads each (summed)."""
+    import subprocess
+    n, t = LAYOUTS[layout]
+    cmd = [sys.executable, __file__, '--worker', model_name, precision, mode, str(SWEEP_MODELS[model_name]), str(t),
+           '--data-dir', args.data_dir]
+    env = dict(os.environ, OMP_NUM_THREADS=str(t))
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(n)]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f'worker failed: {model_name} {precision} {mode} {layout}')
+    return sum(float(o.strip().splitlines()[-1]) for o in outs)
+
+
+def sweep(args, argv) -> None:
+    """float32 vs bfloat16 autocast, baseline and ST++ (K=1), one vs two threads and two one-thread processes side
+    by side, for the CIFAR ResNets (every layout) and the timm `_stim` models (one thread) at 32x32."""
+    machine = machine_info(device='cpu', load_key='loadavg_start')
+    rows = []
+    for model_name in args.sweep_models:
+        layouts = list(LAYOUTS) if model_name.startswith('cifar_') else ['1x1t']
+        for mode in ('off', 'stpp'):
+            for layout in layouts:
+                rates = {p: round(_sweep_point(args, model_name, p, mode, layout), 1) for p in ('fp32', 'bf16')}
+                rows.append(dict(model=model_name, mode=mode, layout=layout, img_per_s=rates,
+                                 bf16_speedup=round(rates['bf16'] / rates['fp32'], 2)))
+                print(json.dumps(rows[-1]), flush=True)
+    result = dict(command=command_line('benchmarks/throughput.py', argv), commit=git_commit(), machine=machine,
+                  setup=dict(batch_size=128, input=32, channels_last=True, optimizer='SGD momentum 0.9',
+                             stpp='K=1, default min_scale, every input size warmed up first',
+                             layouts={k: f'{n} process(es) x {t} thread(s), img/s summed'
+                                      for k, (n, t) in LAYOUTS.items()},
+                             timed_steps=SWEEP_MODELS, warmup_steps=3),
+                  rows=rows)
+    write_report(result, Path(args.out), None, end_key=('machine', 'loadavg_end'))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--sweep', action='store_true',
+                   help='precision / threads sweep instead of the data-path comparison (writes --out)')
+    p.add_argument('--sweep-models', nargs='+', default=list(SWEEP_MODELS), choices=list(SWEEP_MODELS))
+    p.add_argument('--worker', nargs=5, default=None, help=argparse.SUPPRESS)
     p.add_argument('--data-dir', default=str(ROOT / '..' / 'shared' / 'data' / 'cifar10'))
     p.add_argument('--model', default='cifar_resnet20')
     p.add_argument('-b', '--batch-size', type=int, default=128)
@@ -152,6 +233,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data_dir, 'train')):
         raise FileNotFoundError(f'{args.data_dir}/train not found: pass --data-dir with a CIFAR-10 image folder.')
+    if args.worker:
+        m, prec, mode, steps, threads = args.worker
+        print(sweep_worker(m, prec, mode, int(steps), int(threads), args.data_dir))
+        return
+    if args.sweep:
+        return sweep(args, argv)
 
     machine = machine_info(device='cpu', load_key='loadavg_start')
     t0 = time.perf_counter()

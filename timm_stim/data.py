@@ -104,11 +104,29 @@ def _load_fashion_mnist(root: Optional[str], split: str) -> ImageTensors:
     return ImageTensors(images, targets, classes)
 
 
-def _decode_file(path: str) -> torch.Tensor:
-    """One image file -> uint8 (3, H, W) (PIL: torchvision.io decoding is deprecated)."""
+def _decode_file(path: str) -> Optional[torch.Tensor]:
+    """One image file -> uint8 (3, H, W) (PIL: torchvision.io decoding is deprecated); None, with a warning
+    naming the file, when it is corrupt or truncated (timm's loader skips such files too)."""
     from PIL import Image
-    with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert('RGB')).copy()).permute(2, 0, 1)
+    try:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.asarray(im.convert('RGB')).copy()).permute(2, 0, 1)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError / truncated data are OSErrors
+        _logger.warning(f'skipping unreadable image {path}: {e}')
+        return None
+
+
+def _check_small(path: str, root: str) -> None:
+    """Refuse a folder of large images from one file's header, before anything is decoded."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            size = im.size
+    except (OSError, ValueError, SyntaxError):
+        return  # an unreadable first file is skipped while decoding
+    if max(size) > MAX_FAST_SIDE:
+        raise ValueError(f'images under {root} are {size[0]}x{size[1]} px (from {path}), larger than the fast data '
+                         f'path takes (<= {MAX_FAST_SIDE} px): use --no-fast-data.')
 
 
 def _folder_key(samples: Sequence[Tuple[str, int]], subset: Optional[int]) -> str:
@@ -132,6 +150,7 @@ def _load_folder(root: str, split: str, subset: Optional[int], cache_dir: Option
     class_to_idx = getattr(reader, 'class_to_idx', {})
     classes = [c for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
     samples = [samples[i] for i in subset_indices([t for _, t in samples], subset)]
+    _check_small(samples[0][0], root)
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_file = cache_dir / f'{_folder_key(samples, subset)}.pt'
@@ -143,12 +162,18 @@ def _load_folder(root: str, split: str, subset: Optional[int], cache_dir: Option
             _logger.warning(f'ignoring unreadable data cache {cache_file}: {e}')
 
     _logger.info(f'Decoding {len(samples)} images from {root} ({split}) into {cache_file} (once).')
-    images = [_decode_file(p) for p, _ in samples]
+    decoded = [(_decode_file(p), t) for p, t in samples]
+    skipped = sum(im is None for im, _ in decoded)
+    images, targets = [im for im, _ in decoded if im is not None], [t for im, t in decoded if im is not None]
+    if skipped:
+        _logger.warning(f'skipped {skipped} unreadable image(s) of {len(samples)} under {root} ({split}).')
+    if not images:
+        raise FileNotFoundError(f'no readable images under {root} for split {split!r}.')
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) != 1:
         raise ValueError(f'images under {root} have different sizes ({sorted(shapes)[:3]}...): the fast data path '
                          f'needs one size; use --no-fast-data.')
-    state = {'images': torch.stack(images), 'targets': torch.tensor([t for _, t in samples], dtype=torch.int64),
+    state = {'images': torch.stack(images), 'targets': torch.tensor(targets, dtype=torch.int64),
              'classes': classes}
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f'.tmp{os.getpid()}')

@@ -38,6 +38,7 @@ import yaml
 
 from timm import utils
 from timm.data import Mixup, create_dataset, create_loader, resolve_data_config
+from timm.layers import convert_sync_batchnorm
 from timm.loss import create_classification_loss
 from timm.models import create_model, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -296,12 +297,33 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error('--resume and --initial-checkpoint are exclusive')
     if args.stim_mode != 'off' and args.grad_checkpointing:
         parser.error('--grad-checkpointing bypasses block skipping: use it only with --stim-mode off')
-    if args.fast_data and (args.aa or args.reprob > 0):
-        parser.error('--fast-data does batch tensor augmentation only: drop --aa / --reprob or use --no-fast-data')
+    if args.stim_mode == 'off' and args.stim_subnets:
+        parser.error(f'--stim-subnets {args.stim_subnets} needs sub-networks: use --stim-mode st or stpp (off is the '
+                     f'baseline, no sub-network)')
+    if args.fast_data:
+        _check_fast_data_flags(parser, args)
     if (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax) and args.batch_size % 2:
         parser.error('mixup / cutmix need an even --batch-size')
     args.prefetcher = not args.no_prefetcher
     return args
+
+
+# timm loader flags the fast path does not implement: (flag, attribute); it crops with padding and flips instead
+FAST_PATH_IGNORES = (('--scale', 'scale'), ('--ratio', 'ratio'), ('--color-jitter', 'color_jitter'),
+                     ('--train-interpolation', 'train_interpolation'), ('--aa', 'aa'), ('--reprob', 'reprob'))
+
+
+def fast_path_conflicts(args, parser: Optional[argparse.ArgumentParser] = None) -> List[str]:
+    """timm augmentation flags set away from their defaults, which the fast tensor path would not honour."""
+    parser = parser or build_parser()
+    return [flag for flag, attr in FAST_PATH_IGNORES if getattr(args, attr) != parser.get_default(attr)]
+
+
+def _check_fast_data_flags(parser: argparse.ArgumentParser, args) -> None:
+    conflicts = fast_path_conflicts(args, parser)
+    if conflicts:
+        parser.error(f'--fast-data augments with a padded random crop (--crop-padding) and flips (--hflip, --vflip) '
+                     f'only; {", ".join(conflicts)} are honoured by timm\'s loader: add --no-fast-data')
 
 
 # ------------------------------------------------------------------------------------------------- pieces
@@ -449,7 +471,10 @@ def _build_data(args, data_config, device, model_dtype):
     use_fast = args.fast_data
     train_data = None
     if use_fast is None:
-        use_fast = not (args.aa or args.reprob > 0)
+        conflicts = fast_path_conflicts(args)
+        use_fast = not conflicts
+        if conflicts:
+            _logger.info(f'{", ".join(conflicts)} set: using timm\'s loader (the fast path does not implement them).')
     if use_fast:
         try:
             train_data = load_image_tensors(args.dataset, args.data_dir, args.train_split, args.train_subset,
@@ -629,6 +654,7 @@ def train_one_epoch(epoch: int, task: StimulativeTrainer, loader, optimizer, arg
         if lr_scheduler is not None:
             lr_scheduler.step_update(num_updates=ctx['num_updates'], metric=meters.avg('loss'))
         if update_idx % args.log_interval == 0 or last_batch:
+            _check_weights(task.get_trainable_module(), f'at epoch {epoch}, update {update_idx}', args, ctx)
             _log_progress(epoch, update_idx, updates_per_epoch, meters, images_since / dt, optimizer, args, ctx)
         images_since = 0
         if args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0 and not last_batch:
@@ -644,14 +670,45 @@ def train_one_epoch(epoch: int, task: StimulativeTrainer, loader, optimizer, arg
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, batch_idx: int, args, ctx) -> None:
-    bad = (~torch.isfinite(loss.detach())).reshape(1).float()
-    if args.distributed:  # every rank stops together
-        torch.distributed.all_reduce(bad)
-    if bad.item() > 0:
-        last = ctx.get('last_checkpoint') or 'none written yet'
-        raise NonFiniteLossError(
-            f'non-finite loss ({loss.item()}) at epoch {epoch}, batch {batch_idx}: stopping before the update. '
-            f'Last good checkpoint: {last}. Lower --lr, add --clip-grad or --warmup-epochs, then --resume it.')
+    """Stop before the update when the loss is NaN / inf (every rank together)."""
+    if _any_rank(~torch.isfinite(loss.detach()).all(), args):
+        raise NonFiniteLossError(_recovery_advice(f'non-finite loss ({loss.item()}) at epoch {epoch}, batch '
+                                                  f'{batch_idx}: stopping before the update', ctx))
+
+
+def _check_weights(model: nn.Module, where: str, args, ctx) -> None:
+    """Stop when a parameter or BN buffer is NaN / inf (KL- keeps the loss finite while weights blow up), before
+    anything is written: every checkpoint on disk has finite weights."""
+    bad = nonfinite_tensors(model)
+    if _any_rank(torch.tensor(bool(bad)), args):
+        raise NonFiniteLossError(_recovery_advice(f'non-finite weights {bad[:3]} {where}: stopping without '
+                                                  f'writing a checkpoint', ctx))
+
+
+def nonfinite_tensors(model: nn.Module) -> List[str]:
+    """Names of the floating-point parameters and buffers (BN running statistics) holding NaN or inf."""
+    named = [(n, t) for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_floating_point()]
+    if not named:
+        return []
+    ok = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()  # one host sync
+    return [n for (n, _), good in zip(named, ok) if not good]
+
+
+def _any_rank(flag: torch.Tensor, args) -> bool:
+    flag = flag.reshape(1).float()
+    if args.distributed:
+        torch.distributed.all_reduce(flag)
+    return bool(flag.item() > 0)
+
+
+def _recovery_advice(what: str, ctx) -> str:
+    last = ctx.get('last_checkpoint')
+    if not last:
+        return (f'{what}. No checkpoint was written yet: restart with a lower --lr (or --clip-grad 1.0, '
+                f'--warmup-epochs 1).')
+    return (f'{what}. Last good checkpoint (finite weights): {last}. To go on from it, rerun the same command with '
+            f'--resume {last} and a lower --lr (or --clip-grad 1.0, or more --warmup-epochs): on --resume, a changed '
+            f'--lr or schedule flag rebuilds the schedule from the new values at the resumed step.')
 
 
 def _log_progress(epoch, update_idx, updates_per_epoch, meters, rate, optimizer, args, ctx) -> None:
@@ -670,6 +727,7 @@ def _log_progress(epoch, update_idx, updates_per_epoch, meters, rate, optimizer,
 
 
 def _save_recovery(epoch, next_batch, update_idx, meters, ctx, args) -> None:
+    _check_weights(ctx['model'], f'at epoch {epoch}, update {update_idx}', args, ctx)
     ctx['pending_extra'] = dict(loader={'epoch': epoch, 'batch': next_batch}, meters=dict(meters.s),
                                 rng=_gather_rng_states(args))
     if ctx['saver'] is not None:
@@ -764,8 +822,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     except NonFiniteLossError as e:
         _logger.error(str(e))
         raise SystemExit(3)
-    except FileNotFoundError as e:  # missing data / checkpoint: a message, not a traceback
-        print(f'timm-stim-train: error: {e}', file=sys.stderr)
+    except (FileNotFoundError, ValueError) as e:  # bad data / checkpoint / settings: a message, not a traceback
+        if os.environ.get('TIMM_STIM_TRACEBACK'):
+            raise
+        print(f'timm-stim-train: error: {e} (TIMM_STIM_TRACEBACK=1 shows the traceback)', file=sys.stderr)
         raise SystemExit(2)
     finally:
         if getattr(args, 'distributed', False) and torch.distributed.is_initialized():
@@ -801,8 +861,7 @@ def _run(args) -> Dict[str, Any]:
         model.to(memory_format=torch.channels_last)
     if args.distributed and args.sync_bn:
         args.dist_bn = ''
-        model = utils.convert_sync_batchnorm(model) if hasattr(utils, 'convert_sync_batchnorm') else \
-            nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model)  # timm's: keeps BatchNormAct2d's activation (torch's drops it)
     if utils.is_primary(args):
         _logger.info(f'Model {safe_model_name(args.model)} created, param count: '
                      f'{sum(p.numel() for p in model.parameters())}')
@@ -845,8 +904,15 @@ def _run(args) -> Dict[str, Any]:
         resume_path = find_resume_checkpoint(args.resume)
         ckpt = _load_checkpoint(resume_path)
         task.load_checkpoint_state(ckpt['state_dict'], ckpt.get('task_state'))
+        bad = nonfinite_tensors(model)
+        if bad:
+            raise NonFiniteLossError(f'--resume {resume_path}: the checkpoint holds non-finite weights ({bad[:3]}); '
+                                     f'resume an earlier checkpoint of that run.')
         if not args.no_resume_opt:
             optimizer.load_state_dict(ckpt['optimizer'])
+            if _schedule_changed(ckpt.get('args'), args):  # the new --lr / schedule takes effect from here
+                for group in optimizer.param_groups:
+                    group['lr'] = group['initial_lr'] = args.lr
             if loss_scaler is not None and loss_scaler.state_dict_key in ckpt:
                 loss_scaler.load_state_dict(ckpt[loss_scaler.state_dict_key])
         if utils.is_primary(args):
@@ -880,7 +946,11 @@ def _run(args) -> Dict[str, Any]:
         start_epoch, start_batch = int(position['epoch']), int(position['batch'])
         num_updates = int(ckpt.get('global_step', start_epoch * updates_per_epoch))
         meters_state = ckpt.get('meters') if start_batch else None
-        if ckpt.get('scheduler') is not None and lr_scheduler is not None:
+        if _schedule_changed(ckpt.get('args'), args):
+            if utils.is_primary(args):
+                _logger.info(f'Schedule flags differ from the checkpoint\'s ({_schedule_diff(ckpt.get("args"), args)}): '
+                             f'the schedule is rebuilt from the new values and continues at step {num_updates}.')
+        elif ckpt.get('scheduler') is not None and lr_scheduler is not None:
             lr_scheduler.load_state_dict(ckpt['scheduler'])
     if args.start_epoch is not None:
         start_epoch, start_batch = args.start_epoch, 0
@@ -894,7 +964,8 @@ def _run(args) -> Dict[str, Any]:
     ctx: Dict[str, Any] = dict(device=device, amp_autocast=amp_autocast, loss_scaler=loss_scaler,
                                mixup_fn=mixup_fn, lr_scheduler=lr_scheduler, updates_per_epoch=updates_per_epoch,
                                num_updates=num_updates, num_epochs=num_epochs, data_path=data_path,
-                               has_no_sync=args.distributed, pending_extra=None, last_checkpoint=resume_path)
+                               has_no_sync=args.distributed, pending_extra=None, last_checkpoint=resume_path,
+                               model=eval_model)
 
     def extra_state() -> Dict[str, Any]:
         pending = ctx['pending_extra'] or {}
@@ -965,6 +1036,7 @@ def _run(args) -> Dict[str, Any]:
                 eval_metrics = evaluate(ema, loader_eval, task, args, device, amp_autocast, ' (EMA)')
         metric = (eval_metrics or train_metrics).get(eval_metric)
 
+        _check_weights(eval_model, f'after epoch {epoch}', args, ctx)
         ctx['pending_extra'] = dict(loader={'epoch': epoch + 1, 'batch': 0}, rng=_gather_rng_states(args))
         if output_dir is not None:
             lrs = [g['lr'] for g in optimizer.param_groups]
@@ -995,6 +1067,21 @@ def _run(args) -> Dict[str, Any]:
         if best_metric is not None:
             _logger.info(f'*** Best {eval_metric}: {best_metric} (epoch {best_epoch})')
     return summary
+
+
+SCHEDULE_FLAGS = ('lr', 'sched', 'epochs', 'sched_on_updates', 'warmup_epochs', 'warmup_lr', 'warmup_prefix', 'min_lr',
+                  'decay_rate', 'decay_epochs', 'decay_milestones', 'cooldown_epochs', 'lr_cycle_mul',
+                  'lr_cycle_decay', 'lr_cycle_limit', 'lr_k_decay', 'lr_noise', 'lr_noise_pct', 'lr_noise_std')
+
+
+def _schedule_diff(old_args, args) -> Dict[str, Any]:
+    """Schedule flags whose value on --resume differs from the checkpoint's run: {flag: (old, new)}."""
+    old = vars(old_args) if old_args is not None else {}
+    return {k: (old[k], getattr(args, k)) for k in SCHEDULE_FLAGS if k in old and old[k] != getattr(args, k)}
+
+
+def _schedule_changed(old_args, args) -> bool:
+    return bool(_schedule_diff(old_args, args))
 
 
 def _recalib_batches(loader, epoch: int, args):

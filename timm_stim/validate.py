@@ -99,8 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--robustness-samples', type=_positive_int, default=20, metavar='N')
     p.add_argument('--robustness-max', type=_positive_int, default=64, metavar='N')
     p.add_argument('--bn-recalib', type=_non_negative_int, default=None, metavar='N',
-                   help='re-estimate BN per configuration on N training images (default 2000 for sub-networks '
-                        'and sweeps, 0 for the full network; 0 = stored statistics)')
+                   help='re-estimate BN per configuration on N training images (default 2000 for sub-networks, '
+                        'sweeps and --use-ema, 0 for the full network; 0 = stored statistics)')
+    p.add_argument('--bn-recalib-aug', action=argparse.BooleanOptionalAction, default=True,
+                   help='re-estimate BN on training-augmented images (pad-crop and flip for small images, timm\'s '
+                        'training transform otherwise), as timm-stim-train does after every epoch')
     p.add_argument('--results-file', default='', metavar='FILE', help='JSON results (robustness: also a PNG next '
                                                                        'to it)')
     return p
@@ -116,13 +119,15 @@ def _parse_args(argv):
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         parser.error(f'--checkpoint {args.checkpoint}: no such file')
     if args.bn_recalib is None:
-        args.bn_recalib = 2000 if (args.depths is not None or args.robustness) else 0
+        # EMA weights average BN buffers disturbed by sub-network passes: re-estimate them as training does
+        args.bn_recalib = 2000 if (args.depths is not None or args.robustness or args.use_ema) else 0
     return args
 
 
 # -------------------------------------------------------------------------------------------------- data
-def _loader(args, data_config, split: str, subset: Optional[int], shuffle: bool, device):
-    """Eval-transform batches of `split`: the tensor path for small images, else timm's loader."""
+def _loader(args, data_config, split: str, subset: Optional[int], shuffle: bool, device, augment: bool = False):
+    """Batches of `split` (eval transform, or the training one with `augment`): the tensor path for small images,
+    else timm's loader."""
     if args.data_dir is None and not args.dataset.lower().endswith(('fashion-mnist', 'fashion_mnist', 'fmnist')):
         raise FileNotFoundError('no data directory: pass --data-dir DIR (e.g. --data-dir ../shared/data/cifar10).')
     if args.data_dir is not None and not args.dataset_download and not os.path.isdir(args.data_dir):
@@ -133,23 +138,24 @@ def _loader(args, data_config, split: str, subset: Optional[int], shuffle: bool,
             data = load_image_tensors(args.dataset, args.data_dir, split, subset, args.dataset_download,
                                       args.data_cache_dir, args.class_map)
             if fits_fast_path(data):
-                return TensorLoader(data, args.batch_size, False, data_config['mean'], data_config['std'],
-                                    input_size=data_config['input_size'], seed=args.seed, device=device,
-                                    channels_last=args.channels_last, shuffle=shuffle)
+                return TensorLoader(data, min(args.batch_size, len(data)), augment, data_config['mean'],
+                                    data_config['std'], input_size=data_config['input_size'], seed=args.seed,
+                                    device=device, channels_last=args.channels_last, shuffle=shuffle,
+                                    crop_pct=data_config['crop_pct'])
             if args.fast_data:
                 raise ValueError('images larger than 64 px: use --no-fast-data.')
         except (TypeError, ValueError):
             if args.fast_data:
                 raise
-    ds = create_dataset(args.dataset, root=args.data_dir, split=split, is_training=False, class_map=args.class_map,
-                        download=args.dataset_download)
+    ds = create_dataset(args.dataset, root=args.data_dir, split=split, is_training=augment,
+                        class_map=args.class_map, download=args.dataset_download)
     idx = subset_indices(dataset_targets(ds), subset) if subset else list(range(len(ds)))
     if shuffle:
         g = torch.Generator().manual_seed(args.seed)
         idx = [idx[i] for i in torch.randperm(len(idx), generator=g).tolist()]
     if subset or shuffle:
         ds = TransformSubset(ds, idx)
-    return create_loader(ds, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=False,
+    return create_loader(ds, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=augment,
                          interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
                          num_workers=args.workers, crop_pct=data_config['crop_pct'], device=device,
                          use_prefetcher=False, persistent_workers=False)
@@ -274,8 +280,9 @@ def _run(args, argv) -> Dict[str, Any]:
                                dtype=torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16)
 
     loader = _loader(args, data_config, args.split, args.val_subset, False, device)
-    # a class-balanced subset of exactly N training images, in seeded random order
-    recalib = _loader(args, data_config, args.train_split, args.bn_recalib, True, device) if args.bn_recalib else None
+    # training images in seeded random order; recalibrate_bn stops after --bn-recalib of them
+    recalib = _loader(args, data_config, args.train_split, None, True, device, augment=args.bn_recalib_aug) \
+        if args.bn_recalib else None
     if args.robustness:
         configs = _sweep_configs(model, args.robustness, args.robustness_samples, args.robustness_max, args.seed)
     else:

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""The CIFAR-10 weights campaign: launch or resume each run of the plan, and collect the results JSON.
+
+Every run uses `benchmarks/recipes/cifar10.yaml`; the arms differ only in their `--stim-*` flags (`ARMS`). Run
+directories live outside the repository (`--runs-dir`, default `$TIMM_STIM_RUNS` or ~/timm_stim_runs) and every
+run checkpoints each epoch and every 100 steps, so `run` on an existing directory resumes it exactly.
+
+    python benchmarks/cifar10.py run baseline --model cifar_resnet20 --seed 0      # launch or resume (1 thread)
+    python benchmarks/cifar10.py status                                            # where each run stands
+    python benchmarks/cifar10.py collect                                           # -> benchmarks/results/cifar10.json
+
+`collect` reads each run's summary.csv / args.yaml and, for finished runs, the robustness sweep written by
+`timm-stim-validate --robustness` (BN re-estimated per configuration), which it runs once per finished run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, git_commit, machine_info  # noqa: E402
+
+RECIPE = ROOT / 'benchmarks' / 'recipes' / 'cifar10.yaml'
+DATA = (ROOT / '..' / 'shared' / 'data' / 'cifar10').resolve()
+OUT = ROOT / 'benchmarks' / 'results' / 'cifar10.json'
+
+# arm -> (flags, description). Stage 1 of the weights issue: which ST++ for CIFAR (one sub-network per step).
+ARMS: Dict[str, Any] = {
+    'baseline': (['--stim-mode', 'off'], 'plain training, same recipe'),
+    'st': (['--stim-mode', 'st'], 'ST: plain KL, full-size input, st space'),
+    'stpp_st_space': (['--stim-mode', 'stpp', '--stim-subnets', '1', '--stim-space', 'st'],
+                      'ST++ (KL-, smaller inputs 0.43) over the st space'),
+    'stpp': (['--stim-mode', 'stpp', '--stim-subnets', '1'], 'ST++ with the stpp inter-stage space'),
+    'stpp_scale075': (['--stim-mode', 'stpp', '--stim-subnets', '1', '--stim-space', 'st', '--stim-min-scale', '0.75'],
+                      'ST++ over the st space, minimum input scale 0.75'),
+    'stpp_amp2': (['--stim-mode', 'stpp', '--stim-subnets', '1', '--stim-space', 'st', '--stim-amplitude', '2'],
+                  'ST++ over the st space, KL- amplitude 2'),
+}
+
+
+def _runs_dir(args) -> Path:
+    return Path(args.runs_dir) / 'cifar10'
+
+
+def _name(model: str, arm: str, seed: int, epochs: int) -> str:
+    return f'{model}-{arm}-s{seed}-e{epochs}'
+
+
+def train_command(model: str, arm: str, seed: int, epochs: int, run_dir: Path) -> List[str]:
+    """The timm-stim-train command of one run (relative paths as a user in the repository root would type)."""
+    return ['timm-stim-train', '-c', 'benchmarks/recipes/cifar10.yaml', '--data-dir', '../shared/data/cifar10',
+            '--model', model, '--seed', str(seed), '--epochs', str(epochs), *ARMS[arm][0],
+            '--output', str(run_dir.parent), '--experiment', run_dir.name]
+
+
+def run(args) -> None:
+    """Launch the run, or resume it from its newest checkpoint; blocks until it ends (use nohup / & for more)."""
+    run_dir = _runs_dir(args) / _name(args.model, args.arm, args.seed, args.epochs)
+    cmd = train_command(args.model, args.arm, args.seed, args.epochs, run_dir)
+    if (run_dir / 'last.pth.tar').exists() or list(run_dir.glob('recovery-*.pth.tar')):
+        cmd += ['--resume', str(run_dir)]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / 'command.txt').write_text(' '.join(train_command(args.model, args.arm, args.seed, args.epochs,
+                                                                run_dir)) + '\n')
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
+    exe = [sys.executable, '-m', 'timm_stim.train'] + cmd[1:]
+    with open(run_dir / 'train.log', 'a') as log:
+        raise SystemExit(subprocess.run(exe, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode)
+
+
+def _summary(run_dir: Path) -> List[Dict[str, str]]:
+    path = run_dir / 'summary.csv'
+    return list(csv.DictReader(open(path))) if path.exists() else []
+
+
+def status(args) -> None:
+    for d in sorted(_runs_dir(args).glob('*')):
+        rows = _summary(d)
+        last = rows[-1] if rows else {}
+        print(f'{d.name:45s} epochs done {len(rows):3d}  top1 {last.get("eval_top1", "-")}')
+
+
+def _robustness(run_dir: Path, model: str) -> Optional[Dict[str, Any]]:
+    out = run_dir / 'robustness.json'
+    if not out.exists():
+        cmd = [sys.executable, '-m', 'timm_stim.validate', '--data-dir', str(DATA), '--model', model,
+               '--checkpoint', str(run_dir / 'last.pth.tar'), '--robustness', 'all', '--results-file', str(out)]
+        subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                       stdout=subprocess.DEVNULL)
+    res = json.loads(out.read_text())['results']
+    subs = [r['top1'] for r in res if not r['full']]
+    return dict(configs=[{k: r[k] for k in ('depths', 'top1', 'flops', 'flops_share')} for r in res],
+                sub_mean=round(sum(subs) / len(subs), 2) if subs else None, sub_min=min(subs) if subs else None)
+
+
+def collect(args) -> None:
+    import yaml
+    runs = []
+    for d in sorted(_runs_dir(args).glob('*')):
+        rows = _summary(d)
+        if not rows or not (d / 'args.yaml').exists():
+            continue
+        a = yaml.safe_load(open(d / 'args.yaml'))
+        model, seed, epochs = a['model'], a['seed'], a['epochs']
+        arm = next((k for k in ARMS if d.name == _name(model, k, seed, epochs)), None)
+        top1 = [float(r['eval_top1']) for r in rows]
+        done = len(rows) == epochs
+        runs.append(dict(
+            run=d.name, arm=arm, model=model, seed=seed, epochs=epochs, epochs_done=len(rows), finished=done,
+            command=(d / 'command.txt').read_text().strip() if (d / 'command.txt').exists() else None,
+            stim={k: v for k, v in a.items() if k.startswith('stim_')},
+            top1_final=top1[-1], top1_best=max(top1), curve_top1=top1,
+            img_per_s=[round(float(r['train_img_per_s']), 1) for r in rows if r.get('train_img_per_s')],
+            robustness=_robustness(d, model) if done and not args.no_robustness else None))
+    report = dict(recipe=RECIPE.read_text(), arms={k: v[1] for k, v in ARMS.items()}, commit=git_commit(),
+                  machine=machine_info(threads=1), runs=runs,
+                  command='python benchmarks/cifar10.py collect')
+    OUT.write_text(json.dumps(report, indent=1))
+    print(f'wrote {OUT} ({len(runs)} runs)')
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--runs-dir', default=os.environ.get('TIMM_STIM_RUNS', str(Path.home() / 'timm_stim_runs')))
+    sub = p.add_subparsers(dest='cmd', required=True)
+    r = sub.add_parser('run', help='launch or resume one run (blocks)')
+    r.add_argument('arm', choices=list(ARMS))
+    r.add_argument('--model', default='cifar_resnet20')
+    r.add_argument('--seed', type=int, default=0)
+    r.add_argument('--epochs', type=int, default=30)
+    r.add_argument('--threads', type=int, default=1)
+    sub.add_parser('status', help='epochs done and last top-1 of every run')
+    c = sub.add_parser('collect', help='write benchmarks/results/cifar10.json')
+    c.add_argument('--no-robustness', action='store_true')
+    args = p.parse_args(argv)
+    {'run': run, 'status': status, 'collect': collect}[args.cmd](args)
+
+
+if __name__ == '__main__':
+    main()
