@@ -75,7 +75,8 @@ LIMITATIONS = (
     'set), re-measured in float32 by `timm-stim-release`; they say nothing about distribution shift.\n'
     '- Sub-network accuracy assumes BatchNorm statistics re-estimated for that depth (`timm_stim.recalibrate_bn`); '
     'with the stored full-network statistics a sub-network is less accurate.\n'
-    '- Whether ST++ beats a plain baseline at the same schedule is reported below only from measured runs.')
+    '- Whether ST++ beats a plain baseline at the same schedule is stated only from seeded runs recorded in '
+    '`benchmarks/results/`.')
 
 
 # ------------------------------------------------------------------------------------------------ results
