@@ -116,8 +116,8 @@ def test_bad_manifests(tmp_path):
     with pytest.raises(ValueError, match='64 hex'):
         W.read_manifest(tmp_path)
     (tmp_path / 'manifest.json').write_text(json.dumps({'weights': [dict(bad, sha256='0' * 64)]}))
-    with pytest.raises(ValueError, match='unknown model'):
-        W.pretrained_tag_cfgs({'other': {}}, tmp_path)
+    with pytest.warns(UserWarning, match='unknown model'):
+        assert W.pretrained_tag_cfgs({'other': {}}, tmp_path, others=()) == {}
     assert W.read_manifest(tmp_path / 'nowhere') == []
 
 
@@ -126,7 +126,7 @@ def test_no_weights_refused():
     free = [n for n in timm.list_models('*_stim') if n not in names]
     if not free:
         pytest.skip('every *_stim model has weights')
-    with pytest.raises(ValueError, match='has no pretrained weights'):
+    with pytest.raises(RuntimeError, match='has no pretrained weights'):
         timm.create_model(free[0], pretrained=True)
 
 
@@ -141,7 +141,7 @@ def test_user_file_overlay_loads_without_manifest(tmp_path):
 def test_resolve_pretrained_cfg_points_at_verified_file(wdir):
     cfg = PretrainedCfg(architecture=MODEL, tag=TAG, hf_hub_id=f'timm-stim/{MODEL}.{TAG}')
     assert W.resolve_pretrained_cfg(cfg, wdir).file == str(wdir / f'{MODEL}.{TAG}.safetensors')
-    with pytest.raises(ValueError, match='has no pretrained weights'):
+    with pytest.raises(RuntimeError, match='has no pretrained weights'):
         W.resolve_pretrained_cfg(PretrainedCfg(architecture=MODEL, tag='other'), wdir)
     hub_only = PretrainedCfg(architecture=MODEL, hf_hub_id='someone/else')  # e.g. hf-hub: ids: timm's business
     assert W.resolve_pretrained_cfg(hub_only, wdir) is hub_only
@@ -250,3 +250,47 @@ def test_weights_ship_in_non_editable_install(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split()[0] == 'OK'
     assert abs(float(res.stdout.split()[1]) - float(sd['conv1.weight'].sum())) < 1e-4
+
+
+def test_broken_manifest_entry_never_breaks_import(tmp_path):
+    """Unknown model, malformed entry, bad sha256: `import timm_stim` warns naming the manifest and skips them."""
+    good = tmp_path / 'good'
+    _checkpoint(tmp_path / 'ok.safetensors')
+    W.add_weights(tmp_path / 'ok.safetensors', MODEL, TAG, num_classes=10, directory=good)
+    items = json.loads((good / 'manifest.json').read_text())['weights']
+    items += [dict(items[0], model='resnet20_stim_typo'), {'model': 'x'}, dict(items[0], tag='t2', sha256='zz')]
+    (good / 'manifest.json').write_text(json.dumps({'weights': items}))
+    code = '''
+        import warnings
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            import timm, timm_stim
+        print([str(x.message) for x in w if 'manifest' in str(x.message)])
+        print(timm.list_pretrained('*_stim*'))
+    '''
+    out = _run(code, dict(TIMM_STIM_WEIGHTS_DIR=str(good)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    warned, listed = out.stdout.strip().splitlines()
+    assert warned.count(str(good / 'manifest.json')) == 3 and 'resnet20_stim_typo' in warned
+    assert listed == f"['{MODEL}.{TAG}']"
+    (good / 'manifest.json').write_text('{not json')
+    out = _run(code, dict(TIMM_STIM_WEIGHTS_DIR=str(good)))
+    assert out.returncode == 0 and 'not valid JSON' in out.stdout
+
+
+def test_hub_fallback_honours_hf_hub_offline_env(wdir, monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE set after huggingface_hub was imported still means: local cache only, fail at once."""
+    import time
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    (entry,) = W.read_manifest(wdir)
+    (wdir / entry.file).unlink()
+    t0 = time.time()
+    with pytest.raises(FileNotFoundError, match='HF_HUB_OFFLINE is set') as e:
+        W.resolve_file(entry, wdir, cache_dir=tmp_path / 'empty_cache')
+    assert time.time() - t0 < 5 and entry.hub_id in str(e.value)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '0')  # online: the error says how to avoid the retry wait
+    monkeypatch.setattr('huggingface_hub.hf_hub_download', lambda *a, **k: (_ for _ in ()).throw(OSError('no net')))
+    with pytest.raises(FileNotFoundError, match='set HF_HUB_OFFLINE=1'):
+        W.resolve_file(entry, wdir, cache_dir=tmp_path / 'empty_cache')

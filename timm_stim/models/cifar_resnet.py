@@ -26,10 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerType, create_classifier, get_act_layer, get_norm_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from ..depth import Stage, _stage, register_adapter
+from .weights import resolve_pretrained_cfg as resolve_weights, tagged_default_cfgs
 
 __all__ = ['CifarResNet', 'BasicBlock', 'WideBasicBlock', 'CIFAR10_MEAN', 'CIFAR10_STD']
 
@@ -306,6 +308,10 @@ def _cifar_stages(model: CifarResNet) -> List[Stage]:
 
 
 def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:
+    if pretrained:  # a manifest tag (e.g. a released baseline): verified local file or Hub copy, as `file=`
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.pop('pretrained_cfg', None),
+                                     pretrained_cfg_overlay=kwargs.pop('pretrained_cfg_overlay', None))
+        kwargs['pretrained_cfg'] = resolve_weights(cfg)
     return build_model_with_cfg(
         CifarResNet, variant, pretrained,
         feature_cfg=dict(out_indices=(0, 1, 2, 3)),
@@ -342,7 +348,8 @@ def cifar_cfg(name: str, **kwargs) -> Dict[str, Any]:
     return _cfg(**{**(_WRN_PAPER if 'wrn' in name else _RESNET_PAPER), **kwargs})
 
 
-default_cfgs = generate_default_cfgs({name: cifar_cfg(name) for name in CIFAR_ARCHS})
+# released baselines are manifest tags of these names (see weights.py); without weights the cfgs carry none
+default_cfgs = generate_default_cfgs(tagged_default_cfgs({name: cifar_cfg(name) for name in CIFAR_ARCHS}))
 
 
 def _entry(name: str, pretrained: bool, kwargs: Dict[str, Any]) -> CifarResNet:

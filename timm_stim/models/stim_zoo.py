@@ -22,7 +22,7 @@ from timm.models.resnet import ResNet
 
 from ..elastic import ElasticDepthMixin
 from .cifar_resnet import CIFAR_ARCHS, CifarResNet, cifar_cfg
-from .weights import pretrained_tag_cfgs, resolve_pretrained_cfg as resolve_weights
+from .weights import resolve_pretrained_cfg as resolve_weights, tagged_default_cfgs
 
 __all__ = ['ResNetStim', 'MobileNetV3Stim', 'CifarResNetStim', 'STIM_BASES']
 
@@ -74,11 +74,9 @@ _BASE_CFGS: Dict[str, Dict[str, Any]] = {
 STIM_BASES = {name: name[:-len('_stim')] for name in _BASE_CFGS}
 
 # a name with manifest weights is registered with its tags only (the first is the default, as in timm), so that
-# `list_pretrained` shows exactly the tags; a name without weights keeps its untagged, weightless cfg
-_TAGGED = pretrained_tag_cfgs(_BASE_CFGS)
-_WITH_WEIGHTS = {name.split('.')[0] for name in _TAGGED}
-default_cfgs = generate_default_cfgs({
-    **{name: cfg for name, cfg in _BASE_CFGS.items() if name not in _WITH_WEIGHTS}, **_TAGGED})
+# `list_pretrained` shows exactly the tags; a name without weights keeps its untagged, weightless cfg. Entries of
+# the CIFAR base names are registered by cifar_resnet.py; any other unknown name is skipped with a warning.
+default_cfgs = generate_default_cfgs(tagged_default_cfgs(_BASE_CFGS, others=CIFAR_ARCHS))
 
 
 def _create_stim(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:

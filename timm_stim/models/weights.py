@@ -19,27 +19,43 @@ file's sha256 must match the manifest, or loading is refused with an error namin
 
 The weights directory is, in order: `$TIMM_STIM_WEIGHTS_DIR`, the installed package's `timm_stim/_weights/`,
 the source checkout's `weights/`.
+
+Where weights live (a PyPI wheel may be at most 100 MB): a stored file of at most `WHEEL_MAX_MB` (25 MB) is
+`weights/<model>.<tag>.safetensors`, committed and shipped inside the wheel; a larger one is
+`weights/hub/<model>.<tag>.safetensors`, kept out of git and the wheel (`weights/.gitignore`, package data is
+top-level `*.safetensors` only) and fetched from the Hub at the pinned revision of `hf_hub_id`
+(`org/name@<commit>`), its sha256 checked like a local file. A clone serves every file it holds offline.
+
+A broken manifest entry never breaks `import timm_stim`: the registry skips it with a warning naming the
+manifest file (`read_manifest(strict=False)`); the writers (`add_weights`, the release command) stay strict.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
 import os
-import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Collection, Dict, List, Mapping, Optional, Union
+
+import torch
 
 __all__ = [
     'HUB_ORG', 'ENV_WEIGHTS_DIR', 'MANIFEST_NAME', 'WeightsEntry', 'weights_dir', 'read_manifest', 'find_entry',
     'sha256_file', 'verify_file', 'resolve_file', 'resolve_pretrained_cfg', 'add_weights', 'pretrained_tag_cfgs',
+    'tagged_default_cfgs', 'write_weights', 'load_checkpoint_state_dict', 'build_checked_model', 'known_models',
+    'write_manifest', 'WHEEL_MAX_MB', 'hub_offline', 'entry_cfg',
 ]
 
 HUB_ORG = 'timm-stim'
 ENV_WEIGHTS_DIR = 'TIMM_STIM_WEIGHTS_DIR'
 MANIFEST_NAME = 'manifest.json'
-_CFG_OVERRIDES = ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'license', 'hf_hub_filename')
+WHEEL_MAX_MB = 25  # larger stored files live on the Hub only (weights/hub/, not in git or the wheel)
+_CFG_OVERRIDES = ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'license', 'hf_hub_filename',
+                  'label_names')
 
 PathLike = Union[str, os.PathLike]
 
@@ -66,6 +82,16 @@ class WeightsEntry:
     interpolation: Optional[str] = None
     license: Optional[str] = None
     description: str = ''
+    label_names: Optional[List[str]] = None
+    # written by the release command (timm_stim.release)
+    commit: str = ''  # timm-stim code commit at release
+    source: str = ''  # the train checkpoint and which weights (state_dict / state_dict_ema)
+    storage_dtype: str = 'float32'
+    train_args: Dict[str, Any] = field(default_factory=dict)  # args.yaml keys differing from defaults + stim_mode
+    evaluation: Dict[str, Any] = field(default_factory=dict)  # split, images, precision, logged top-1, tolerance
+    depths: List[Dict[str, Any]] = field(default_factory=list)  # per-depth top-1 / FLOPs (BN re-estimated)
+    stats: Dict[str, Any] = field(default_factory=dict)  # params, gmacs, activations of the full network
+    release_command: str = ''
 
     @property
     def name(self) -> str:
@@ -73,13 +99,28 @@ class WeightsEntry:
 
     @property
     def hub_id(self) -> str:
+        """The Hub id, `org/name` or pinned `org/name@revision`."""
         return self.hf_hub_id or f'{HUB_ORG}/{self.name}'
+
+    @property
+    def mode(self) -> str:
+        """The run's `--stim-mode` (`stpp`, `st` or `off`; stpp, the training default, when not recorded)."""
+        return str(self.train_args.get('stim_mode', 'stpp'))
+
+    @property
+    def hub_repo(self) -> str:
+        return self.hub_id.split('@')[0]
+
+    @property
+    def hub_revision(self) -> Optional[str]:
+        return self.hub_id.split('@')[1] if '@' in self.hub_id else None
 
     def describe(self) -> str:
         """How the weights were trained (the pretrained cfg's `description`)."""
         if self.description:
             return self.description
-        parts = ['Trained by timm-stim (Stimulative Training++, arXiv:2305.02507)'
+        how = {'off': 'as a plain baseline (no ST)', 'st': 'with Stimulative Training, arXiv:2210.04153'}
+        parts = [f'Trained by timm-stim ({how.get(self.mode, "Stimulative Training++, arXiv:2305.02507")})'
                  + (f' on {self.dataset}' if self.dataset else '') + '.']
         if self.recipe:
             parts.append(f'Recipe: {self.recipe}.')
@@ -106,11 +147,47 @@ def _dir(directory: Optional[PathLike]) -> Path:
     return Path(directory) if directory is not None else weights_dir()
 
 
-def read_manifest(directory: Optional[PathLike] = None) -> List[WeightsEntry]:
-    """The manifest's entries (empty when there is no manifest). Malformed entries raise ValueError."""
+def read_manifest(directory: Optional[PathLike] = None, strict: bool = True) -> List[WeightsEntry]:
+    """The manifest's entries (empty when there is no manifest).
+
+    `strict`: a malformed file or entry raises ValueError; otherwise it is skipped with a warning that names the
+    manifest file (what `import timm_stim` does, so that one bad entry never breaks the import).
+    """
     path = _dir(directory) / MANIFEST_NAME
     if not path.is_file():
         return []
+    try:
+        items = _manifest_items(path)
+    except ValueError as e:
+        if strict:
+            raise
+        _warn_once(f'{e} No timm-stim weights are registered from it.')
+        return []
+    entries, seen = [], set()
+    for i, item in enumerate(items):
+        try:
+            entry = _parse_entry(path, i, item, seen)
+        except (ValueError, TypeError) as e:
+            if strict:
+                raise ValueError(str(e)) from e
+            _warn_once(f'{e} Skipping this entry.')
+            continue
+        seen.add(entry.name)
+        entries.append(entry)
+    return entries
+
+
+_WARNED = set()
+
+
+def _warn_once(message: str) -> None:
+    """One warning per problem and process (the manifest is read by several registration modules)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def _manifest_items(path: Path) -> List[Any]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -119,29 +196,31 @@ def read_manifest(directory: Optional[PathLike] = None) -> List[WeightsEntry]:
     items = data.get('weights') if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise ValueError(f'{path}: expected {{"weights": [...]}} or a list of entries.')
+    return items
+
+
+def _parse_entry(path: Path, i: int, item: Any, seen: Collection[str]) -> WeightsEntry:
+    if not isinstance(item, dict):
+        raise ValueError(f'{path}: entry {i} is not an object.')
     known = {f.name for f in dataclasses.fields(WeightsEntry)}
-    entries, seen = [], set()
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ValueError(f'{path}: entry {i} is not an object.')
-        missing = [k for k in ('model', 'tag', 'file', 'sha256', 'num_classes') if k not in item]
-        unknown = sorted(set(item) - known)
-        if missing or unknown:
-            raise ValueError(f'{path}: entry {i} ({item.get("model")}.{item.get("tag")}) '
-                             + (f'lacks {missing}' if missing else f'has unknown keys {unknown}')
-                             + f'; entry keys are {sorted(known)}.')
-        entry = WeightsEntry(**item)
-        if len(entry.sha256) != 64 or any(c not in '0123456789abcdef' for c in entry.sha256.lower()):
-            raise ValueError(f'{path}: entry {entry.name} has sha256={entry.sha256!r}, not 64 hex digits.')
-        if entry.name in seen:
-            raise ValueError(f'{path}: {entry.name} is listed twice.')
-        seen.add(entry.name)
-        entries.append(entry)
-    return entries
+    missing = [k for k in ('model', 'tag', 'file', 'sha256', 'num_classes') if k not in item]
+    unknown = sorted(set(item) - known)
+    if missing or unknown:
+        raise ValueError(f'{path}: entry {i} ({item.get("model")}.{item.get("tag")}) '
+                         + (f'lacks {missing}' if missing else f'has unknown keys {unknown}')
+                         + f'; entry keys are {sorted(known)}.')
+    entry = WeightsEntry(**item)
+    if not isinstance(entry.sha256, str) or len(entry.sha256) != 64 \
+            or any(c not in '0123456789abcdef' for c in entry.sha256.lower()):
+        raise ValueError(f'{path}: entry {entry.name} has sha256={entry.sha256!r}, not 64 hex digits.')
+    if entry.name in seen:
+        raise ValueError(f'{path}: {entry.name} is listed twice.')
+    return entry
 
 
 def find_entry(model: str, tag: Optional[str], directory: Optional[PathLike] = None) -> Optional[WeightsEntry]:
-    for entry in read_manifest(directory):
+    """The manifest entry of `model.tag` (a broken manifest or entry is skipped with a warning)."""
+    for entry in read_manifest(directory, strict=False):
         if entry.model == model and entry.tag == (tag or ''):
             return entry
     return None
@@ -173,22 +252,42 @@ def verify_file(path: PathLike, entry: WeightsEntry) -> Path:
     return path
 
 
+def hub_offline() -> bool:
+    """True when `HF_HUB_OFFLINE` is set (read now, not only when huggingface_hub was imported)."""
+    env = os.environ.get('HF_HUB_OFFLINE', '').strip().upper()
+    if env:
+        return env in ('1', 'ON', 'YES', 'TRUE')
+    try:
+        from huggingface_hub import constants
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return True
+
+
 def resolve_file(
         entry: WeightsEntry,
         directory: Optional[PathLike] = None,
         cache_dir: Optional[PathLike] = None,
 ) -> Path:
-    """The verified local path of `entry`'s weights: the weights directory's file, else the Hub copy."""
+    """The verified local path of `entry`'s weights: the weights directory's file, else the Hub copy.
+
+    The Hub copy is read at the pinned revision of `hf_hub_id` (`org/name@rev`); with `HF_HUB_OFFLINE=1` only the
+    local HF cache is consulted (no network retries).
+    """
     local = _dir(directory) / entry.file
     if local.exists():
         return verify_file(local, entry)
+    offline = hub_offline()
     try:
         from huggingface_hub import hf_hub_download
-        downloaded = hf_hub_download(entry.hub_id, entry.hf_hub_filename, cache_dir=cache_dir)
+        downloaded = hf_hub_download(entry.hub_repo, entry.hf_hub_filename, revision=entry.hub_revision,
+                                     cache_dir=cache_dir, local_files_only=offline)
     except Exception as e:  # offline, missing repository or file: say where we looked
+        hint = ('HF_HUB_OFFLINE is set, so only the local HF cache was searched.' if offline else
+                'Without network, set HF_HUB_OFFLINE=1 to fail at once instead of waiting for Hub retries.')
         raise FileNotFoundError(
             f'weights for {entry.name}: no local file {local} and the Hub copy {entry.hub_id}/'
-            f'{entry.hf_hub_filename} could not be fetched ({type(e).__name__}: {e}).') from e
+            f'{entry.hf_hub_filename} could not be fetched ({type(e).__name__}: {e}). {hint}') from e
     return verify_file(downloaded, entry)
 
 
@@ -197,6 +296,7 @@ def resolve_pretrained_cfg(cfg: Any, directory: Optional[PathLike] = None, cache
 
     A manifest tag gets `file=<verified path>` (timm then loads it, adapting `num_classes` / `in_chans`).
     A source the caller gave (`pretrained_cfg_overlay=dict(file=...)`, `hf-hub:` ids) is left to timm.
+    No weights at all raises RuntimeError, as timm does.
     """
     if getattr(cfg, 'state_dict', None) is not None or getattr(cfg, 'file', None):
         return cfg
@@ -205,28 +305,167 @@ def resolve_pretrained_cfg(cfg: Any, directory: Optional[PathLike] = None, cache
         return dataclasses.replace(cfg, file=str(resolve_file(entry, directory, cache_dir)), custom_load=False)
     if cfg.hf_hub_id or cfg.url:
         return cfg
-    tags = [e.name for e in read_manifest(directory) if e.model == cfg.architecture]
-    raise ValueError(
+    tags = [e.name for e in read_manifest(directory, strict=False) if e.model == cfg.architecture]
+    raise RuntimeError(
         f'{cfg.architecture}{"." + cfg.tag if cfg.tag else ""} has no pretrained weights '
         f'(weights with this architecture: {tags or "none yet"}; manifest: {_dir(directory) / MANIFEST_NAME}). '
         f'Use pretrained=False, a listed tag, or pretrained_cfg_overlay=dict(file=...).')
 
 
-def pretrained_tag_cfgs(base_cfgs: Dict[str, Dict[str, Any]], directory: Optional[PathLike] = None):
-    """`{'<model>.<tag>': cfg}` for every manifest entry whose model is in `base_cfgs` (`generate_default_cfgs`)."""
+def pretrained_tag_cfgs(
+        base_cfgs: Dict[str, Dict[str, Any]],
+        directory: Optional[PathLike] = None,
+        others: Optional[Collection[str]] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """`{'<model>.<tag>': cfg}` for every manifest entry whose model is in `base_cfgs` (`generate_default_cfgs`).
+
+    Entries of other models are skipped: silently when `others` is None or names them (another registration
+    module takes them), else with a warning naming the manifest file.
+    """
     cfgs = {}
-    for entry in read_manifest(directory):
+    for entry in read_manifest(directory, strict=False):
         if entry.model not in base_cfgs:
-            raise ValueError(f'manifest entry {entry.name}: unknown model {entry.model!r}; expected one of '
-                             f'{sorted(base_cfgs)}.')
-        cfg = dict(base_cfgs[entry.model])
-        cfg.update({k: getattr(entry, k) for k in _CFG_OVERRIDES if getattr(entry, k) is not None})
-        for k in ('input_size', 'mean', 'std'):
-            if k in cfg:
-                cfg[k] = tuple(cfg[k])
-        cfg.update(hf_hub_id=entry.hub_id, num_classes=entry.num_classes, description=entry.describe())
-        cfgs[entry.name] = cfg
+            if others is not None and entry.model not in others:
+                _warn_once(f'{_dir(directory) / MANIFEST_NAME}: entry {entry.name} names unknown model '
+                              f'{entry.model!r}; skipping it. Known: {sorted(set(base_cfgs) | set(others))}.')
+            continue
+        cfgs[entry.name] = {**base_cfgs[entry.model], **entry_cfg(entry)}
     return cfgs
+
+
+def entry_cfg(entry: WeightsEntry) -> Dict[str, Any]:
+    """The pretrained-cfg fields an entry sets (over its model's base cfg)."""
+    cfg = {k: getattr(entry, k) for k in _CFG_OVERRIDES if getattr(entry, k) is not None}
+    for k in ('input_size', 'mean', 'std', 'label_names'):
+        if cfg.get(k) is not None:
+            cfg[k] = tuple(cfg[k])
+    return dict(cfg, hf_hub_id=entry.hub_id, num_classes=entry.num_classes, description=entry.describe())
+
+
+def tagged_default_cfgs(
+        base_cfgs: Dict[str, Dict[str, Any]],
+        directory: Optional[PathLike] = None,
+        others: Optional[Collection[str]] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """The cfg table for `generate_default_cfgs`: a name with manifest weights gets its tags only (the first is the
+    default, as in timm, so `list_pretrained` shows exactly the tags); a name without keeps its weightless cfg."""
+    tagged = pretrained_tag_cfgs(base_cfgs, directory, others)
+    with_weights = {name.split('.')[0] for name in tagged}
+    return {**{n: c for n, c in base_cfgs.items() if n not in with_weights}, **tagged}
+
+
+# ------------------------------------------------------------------------------------------------- writing
+def known_models() -> List[str]:
+    """Names a manifest entry may use: every `*_stim` model and the CIFAR base architectures."""
+    from .cifar_resnet import CIFAR_ARCHS
+    from .stim_zoo import STIM_BASES
+    return sorted(set(STIM_BASES) | set(CIFAR_ARCHS))
+
+
+def load_checkpoint_state_dict(path: PathLike, use_ema: bool = False) -> Dict[str, torch.Tensor]:
+    """The state dict of a weights file (safetensors / plain state dict) or of a train checkpoint (`.pth.tar`:
+    `state_dict`, or `state_dict_ema` with `use_ema`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path} does not exist.')
+    if path.suffix == '.safetensors':
+        if use_ema:
+            raise ValueError(f'{path} is a plain weights file: it has no EMA weights (drop use_ema).')
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    with torch.serialization.safe_globals([argparse.Namespace]):  # timm-stim train checkpoints hold their args
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    if isinstance(ckpt, dict) and ('state_dict' in ckpt or 'state_dict_ema' in ckpt):
+        key = 'state_dict_ema' if use_ema else 'state_dict'
+        if ckpt.get(key) is None:
+            raise ValueError(f'{path} has no {key}' + (' (the run was trained without --model-ema)' if use_ema
+                                                        else '') + f'; it holds {sorted(ckpt)}.')
+        ckpt = ckpt[key]
+    elif use_ema:
+        raise ValueError(f'{path} is a plain state dict: it has no EMA weights (drop use_ema).')
+    if not isinstance(ckpt, Mapping) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise ValueError(f'{path} is neither a state dict nor a train checkpoint with a state_dict.')
+    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in ckpt.items()}
+
+
+def build_checked_model(
+        model: str,
+        state_dict: Mapping[str, torch.Tensor],
+        num_classes: int,
+        in_chans: int = 3,
+        source: str = 'the checkpoint',
+) -> torch.nn.Module:
+    """`model` with `num_classes` holding `state_dict` strictly; a clear ValueError for an unknown model name or a
+    state dict of another architecture."""
+    import timm
+    known = known_models()
+    if model not in known:
+        raise ValueError(f'unknown model {model!r}: weights can be added for {", ".join(known)}.')
+    net = timm.create_model(model, num_classes=num_classes, in_chans=in_chans)
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}' for k, v in expected.items()
+              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = [f'{len(missing)} missing keys (e.g. {missing[:3]})' if missing else '',
+                 f'{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})' if unexpected else '',
+                 f'{len(shapes)} shape mismatches (e.g. {shapes[:2]})' if shapes else '']
+        raise ValueError(f'{source} does not match {model} with num_classes={num_classes}: '
+                         + '; '.join(p for p in parts if p) + '. Name the architecture the run trained.')
+    net.load_state_dict(state_dict, strict=True)
+    return net
+
+
+def _entry_json(entry: WeightsEntry) -> Dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(entry).items()
+            if v not in (None, '', {}, []) and not (k == 'hf_hub_filename' and v == 'model.safetensors')
+            and not (k == 'storage_dtype' and v == 'float32')}
+
+
+def write_manifest(entries: List[WeightsEntry], directory: Optional[PathLike] = None) -> Path:
+    """Write the manifest atomically (a temporary file renamed over it)."""
+    path = _dir(directory) / MANIFEST_NAME
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps({'weights': [_entry_json(e) for e in entries]}, indent=2) + '\n')
+    os.replace(tmp, path)
+    return path
+
+
+def write_weights(
+        state_dict: Mapping[str, torch.Tensor],
+        model: str,
+        tag: str,
+        num_classes: int,
+        directory: Optional[PathLike] = None,
+        in_chans: int = 3,
+        checked: bool = False,
+        **info: Any,
+) -> WeightsEntry:
+    """Store `state_dict` as `<model>.<tag>.safetensors` (under `hub/` when larger than `WHEEL_MAX_MB`) and add or
+    replace its manifest entry. All checks run first: on any error nothing is written."""
+    from safetensors.torch import save_file
+    if not checked:
+        build_checked_model(model, state_dict, num_classes, in_chans)
+    directory = _dir(directory)
+    entries = [e for e in read_manifest(directory) if e.name != f'{model}.{tag}']  # strict: never drop entries
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    nbytes = sum(v.numel() * v.element_size() for v in tensors.values())
+    name = ('hub/' if nbytes > WHEEL_MAX_MB * 2 ** 20 else '') + f'{model}.{tag}.safetensors'
+    dst = directory / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + '.tmp')
+    try:
+        save_file(tensors, str(tmp), metadata={'model': model, 'tag': tag})
+        dtypes = {str(v.dtype).replace('torch.', '') for v in tensors.values() if v.is_floating_point()}
+        entry = WeightsEntry(model=model, tag=tag, file=name, sha256=sha256_file(tmp), size=tmp.stat().st_size,
+                             num_classes=int(num_classes), storage_dtype='/'.join(sorted(dtypes)) or 'float32',
+                             **info)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_manifest(entries + [entry], directory)
+    return entry
 
 
 def add_weights(
@@ -235,29 +474,17 @@ def add_weights(
         tag: str,
         num_classes: int,
         directory: Optional[PathLike] = None,
+        use_ema: bool = False,
         **info: Any,
 ) -> WeightsEntry:
-    """Add (or replace) the manifest entry of a trained checkpoint, copying it into the weights directory.
+    """Add (or replace) the manifest entry of a trained checkpoint, storing it in the weights directory.
 
-    `info` takes the optional entry fields (dataset, recipe, command, metrics, input_size, ...). The file is
-    stored as `<model>.<tag>.safetensors`; it must be a safetensors state dict.
+    `path` is a safetensors / plain state dict or a train checkpoint (`.pth.tar`: its `state_dict`, or
+    `state_dict_ema` with `use_ema`). An unknown model name or a checkpoint of another architecture raises
+    ValueError and writes nothing. `info` takes the optional entry fields (dataset, recipe, command, metrics, ...).
+    The release command (`timm-stim-release`) also re-evaluates the weights; prefer it for published tags.
     """
-    src = Path(path)
-    if src.suffix != '.safetensors':
-        raise ValueError(f'{src}: weights are committed as safetensors; save with safetensors.torch.save_file.')
-    if not src.is_file():
-        raise FileNotFoundError(f'{src} does not exist.')
-    directory = _dir(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    name = f'{model}.{tag}.safetensors'
-    dst = directory / name
-    if src.resolve() != dst.resolve():
-        shutil.copyfile(src, dst)
-    entry = WeightsEntry(model=model, tag=tag, file=name, sha256=sha256_file(dst), size=dst.stat().st_size,
-                         num_classes=int(num_classes), **info)
-    entries = [e for e in read_manifest(directory) if e.name != entry.name] + [entry]
-    items = [{k: v for k, v in dataclasses.asdict(e).items()
-              if v not in (None, '', {}) and not (k == 'hf_hub_filename' and v == 'model.safetensors')}
-             for e in entries]
-    (directory / MANIFEST_NAME).write_text(json.dumps({'weights': items}, indent=2) + '\n')
-    return entry
+    state_dict = load_checkpoint_state_dict(path, use_ema)
+    build_checked_model(model, state_dict, num_classes, source=str(path))
+    info.setdefault('source', f'{path}' + (' (state_dict_ema)' if use_ema else ''))
+    return write_weights(state_dict, model, tag, num_classes, directory, checked=True, **info)

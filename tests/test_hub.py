@@ -1,0 +1,362 @@
+"""From a training run to a published checkpoint: release, export, Hub loading, push, cards, MODEL_CARD.md.
+
+One short real ST++ run (cifar_resnet20_stim with EMA, 128 training / 64 validation CIFAR-10 images, a few seconds)
+is released into a temporary weights directory (`TIMM_STIM_WEIGHTS_DIR`); fresh interpreters then load it as timm
+users do (`pretrained=True`, `local-dir:`, `hf-hub:` from a hand-seeded cache with `HF_HUB_OFFLINE=1`). The push
+runs against a stand-in Hub client that records its calls; a real push runs only with `HF_TOKEN`.
+"""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR = REPO / '..' / 'shared' / 'data' / 'cifar10'
+NAME = 'cifar_resnet20_stim.unit_cifar10'
+needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason='CIFAR-10 not at ../shared/data/cifar10')
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''), HF_HUB_OFFLINE='1')
+    env.pop('TIMM_STIM_WEIGHTS_DIR', None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _python(code: str, **env) -> dict:
+    out = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True, text=True,
+                         env=_env(**env), timeout=300, cwd=str(REPO))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads([l for l in out.stdout.splitlines() if l.startswith('RESULT')][-1][len('RESULT'):])
+
+
+def _listing(d: Path):
+    return sorted((str(p.relative_to(d)), p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob('*')) \
+        if d.exists() else []
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+    if not (CIFAR / 'train').is_dir():
+        pytest.skip('CIFAR-10 not at ../shared/data/cifar10')
+    os.environ.setdefault('TIMM_STIM_CACHE', str(tmp_path_factory.mktemp('stim_cache')))
+    from timm_stim.train import main
+    out = tmp_path_factory.mktemp('run')
+    res = main(['--data-dir', str(CIFAR), '--model', 'cifar_resnet20_stim', '-b', '32', '--warmup-epochs', '0',
+                '--lr', '0.05', '--seed', '1', '--train-subset', '128', '--val-subset', '64', '--epochs', '1',
+                '--stim-mode', 'stpp', '--stim-subnets', '1', '--stim-min-scale', '0.85', '--stim-bn-recalib', '64',
+                '--model-ema', '--model-ema-decay', '0.5', '--no-plot', '--output', str(out), '--experiment', 'run'])
+    return Path(res['output_dir'])
+
+
+RELEASE = ['--tag', 'unit_cifar10', '--bn-recalib', '64', '--robustness', 'random', '--robustness-samples', '3',
+           '-b', '64']
+
+
+@pytest.fixture(scope='module')
+def released(run_dir, tmp_path_factory):
+    from timm_stim.release import main
+    wdir = tmp_path_factory.mktemp('weights')
+    entry = main([str(run_dir)] + RELEASE + ['--weights-dir', str(wdir)])
+    return wdir, entry
+
+
+@pytest.fixture(scope='module')
+def exported(released, run_dir, tmp_path_factory):
+    from timm_stim.hub import export
+    wdir, _ = released
+    out = tmp_path_factory.mktemp('export') / NAME
+    export(NAME, out, wdir)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ release
+def test_release_records_measured_numbers(released, run_dir):
+    wdir, entry = released
+    (item,) = json.loads((wdir / 'manifest.json').read_text())['weights']
+    from timm_stim.models.weights import sha256_file
+    assert item['file'] == f'{NAME}.safetensors' and item['sha256'] == sha256_file(wdir / item['file'])
+    ev = entry.evaluation
+    assert ev['precision'] == 'float32' and ev['num_images'] == 64 and ev['split'] == 'validation'
+    assert abs(entry.metrics['top1'] - ev['logged_top1']) <= 0.3  # the run's own number, within the tolerance
+    assert entry.source.endswith('(state_dict_ema)')  # the run kept an EMA: its logged accuracy is the EMA's
+    assert entry.command.startswith('timm-stim-train ') and '--model-ema' in entry.command
+    assert entry.train_args['stim_mode'] == 'stpp' and entry.train_args['train_subset'] == 128
+    assert yaml.safe_load(open(run_dir / 'args.yaml'))['epochs'] == entry.train_args['epochs']
+    assert len(entry.depths) == 4 and entry.depths[-1]['full'] and entry.depths[-1]['flops'] == max(
+        r['flops'] for r in entry.depths)
+    assert entry.stats['params_m'] > 0.2 and entry.label_names[0] == 'airplane'
+    assert entry.input_size == [3, 32, 32] and entry.storage_dtype == 'float32'
+
+
+def test_pretrained_gives_reevaluated_top1(released):
+    wdir, entry = released
+    res = _python(f'''
+        import json, timm, timm_stim
+        from timm_stim.validate import main
+        r = main(['--data-dir', {str(CIFAR)!r}, '--model', {NAME!r}, '--pretrained', '--val-subset', '64', '-b', '64'])
+        print('RESULT' + json.dumps(dict(top1=r['results'][0]['top1'], listed=timm.list_pretrained('*_stim*'))))
+    ''', TIMM_STIM_WEIGHTS_DIR=wdir)
+    assert res['listed'] == [NAME]
+    assert round(res['top1'], 3) == entry.metrics['top1']
+
+
+def _copy_run(run_dir: Path, dst: Path) -> Path:
+    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns('checkpoint-*', 'model_best*'))
+    return dst
+
+
+@pytest.mark.parametrize('bad, message', [
+    (['--model', 'resnet999'], 'unknown model'),
+    (['--model', 'cifar_resnet32_stim'], 'does not match cifar_resnet32_stim'),
+    (['--weights', 'plain'], 'logged no validation top-1'),  # the run logged its EMA's accuracy only
+    (['--missed'], 'misses the logged'),
+])
+def test_bad_release_writes_nothing(run_dir, tmp_path, capsys, bad, message):
+    from timm_stim.release import main
+    run = _copy_run(run_dir, tmp_path / 'run')
+    if bad == ['--missed']:  # the run logged 5 points more than its weights give
+        rows = (run / 'summary.csv').read_text().splitlines()
+        head, last = rows[0].split(','), rows[-1].split(',')
+        i = head.index('eval_top1')
+        last[i] = str(float(last[i]) + 5)
+        (run / 'summary.csv').write_text('\n'.join(rows[:-1] + [','.join(last)]) + '\n')
+        bad = []
+    wdir = tmp_path / 'weights'
+    wdir.mkdir()
+    (wdir / 'manifest.json').write_text('{"weights": []}\n')
+    before = _listing(wdir)
+    with pytest.raises(SystemExit) as e:
+        main([str(run)] + RELEASE + ['--weights-dir', str(wdir)] + bad)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert _listing(wdir) == before
+
+
+def test_add_weights_takes_train_checkpoint(run_dir, tmp_path):
+    from timm_stim.models import weights as W
+    entry = W.add_weights(run_dir / 'last.pth.tar', 'cifar_resnet20_stim', 'ema', 10, tmp_path, use_ema=True)
+    plain = W.add_weights(run_dir / 'last.pth.tar', 'cifar_resnet20', 'plain', 10, tmp_path)  # a base CIFAR tag
+    assert entry.source.endswith('(state_dict_ema)') and plain.file == 'cifar_resnet20.plain.safetensors'
+    before = _listing(tmp_path)
+    with pytest.raises(ValueError, match='unknown model'):
+        W.add_weights(run_dir / 'last.pth.tar', 'resnet20_stim_typo', 'x', 10, tmp_path)
+    with pytest.raises(ValueError, match='does not match'):
+        W.add_weights(run_dir / 'last.pth.tar', 'cifar_wrn16_4_stim', 'x', 10, tmp_path)
+    with pytest.raises(ValueError, match='does not match'):
+        W.add_weights(run_dir / 'last.pth.tar', 'cifar_resnet20_stim', 'x', 100, tmp_path)
+    assert _listing(tmp_path) == before
+
+
+# -------------------------------------------------------------------------------------------- export / load
+LOAD = '''
+    import json, os, timm, torch, timm_stim
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    out = {}
+    ref = timm.create_model(NAME, pretrained=True).eval()
+    for key, name in SOURCES.items():
+        m = timm.create_model(name, pretrained=True).eval()  # as timm loads Hub models
+        with torch.no_grad():
+            out[key] = torch.equal(m(x), ref(x))
+    out['labels'] = list(timm.create_model('local-dir:' + EXPORT, pretrained=True).pretrained_cfg['label_names'])[:2]
+    print('RESULT' + json.dumps(out))
+'''
+
+
+def _seed_hf_cache(cache: Path, repo_id: str, folder: Path, revision: str) -> None:
+    """A Hub download as huggingface_hub stores it (refs/main -> snapshots/<rev>/...), written by hand."""
+    root = cache / ('models--' + repo_id.replace('/', '--'))
+    shutil.copytree(folder, root / 'snapshots' / revision)
+    (root / 'refs').mkdir(parents=True)
+    (root / 'refs' / 'main').write_text(revision)
+
+
+def test_export_loads_with_local_dir_and_hf_hub_offline(released, exported, tmp_path):
+    wdir, entry = released
+    names = sorted(p.name for p in exported.iterdir())
+    assert names == ['README.md', 'args.yaml', 'config.json', 'depth_robustness.png', 'model.safetensors',
+                     'robustness.json', 'summary.csv']
+    from timm_stim.models.weights import sha256_file
+    assert sha256_file(exported / 'model.safetensors') == entry.sha256  # the released bytes
+    cfg = json.loads((exported / 'config.json').read_text())
+    assert cfg['architecture'] == 'cifar_resnet20_stim' and cfg['pretrained_cfg']['input_size'] == [3, 32, 32]
+    assert 'timm-stim-train' in cfg['pretrained_cfg']['description'] and cfg['label_names'][0] == 'airplane'
+    _seed_hf_cache(tmp_path / 'hf', 'someone/cifar_resnet20_stim-test', exported, 'a' * 40)
+    code = (LOAD.replace('NAME', repr(NAME)).replace('EXPORT', repr(str(exported)))
+            .replace('SOURCES', repr({'local-dir': f'local-dir:{exported}',
+                                      'hf-hub': 'hf-hub:someone/cifar_resnet20_stim-test'})))
+    res = _python(code, TIMM_STIM_WEIGHTS_DIR=wdir, HF_HUB_CACHE=tmp_path / 'hf')
+    assert res == {'local-dir': True, 'hf-hub': True, 'labels': ['airplane', 'automobile']}
+
+
+# ------------------------------------------------------------------------------------------------- push
+class StandInHub:
+    """Records the calls a push makes (and the files of the folder at upload time)."""
+
+    def __init__(self, fail=None, exists=False):
+        self.calls, self.fail, self.exists = [], fail, exists
+
+    def repo_exists(self, repo_id, token=None):
+        self.calls.append(('repo_exists', repo_id))
+        return self.exists
+
+    def create_repo(self, repo_id, token=None, private=False, exist_ok=False):
+        self.calls.append(('create_repo', repo_id, private))
+
+    def upload_folder(self, repo_id, folder_path, commit_message, revision=None, token=None):
+        files = sorted(p.name for p in Path(folder_path).iterdir())
+        self.calls.append(('upload_folder', repo_id, files, commit_message, revision, token))
+        if self.fail:
+            raise self.fail
+        return type('CommitInfo', (), {'oid': 'c' * 40})()
+
+    def delete_repo(self, repo_id, token=None):
+        self.calls.append(('delete_repo', repo_id))
+
+
+def _weights_copy(released, tmp_path) -> Path:
+    wdir = tmp_path / 'weights'
+    shutil.copytree(released[0], wdir)
+    return wdir
+
+
+def test_push_one_commit_then_pinned_hub_copy_loads_offline(released, run_dir, tmp_path):
+    from timm_stim.hub import push
+    wdir, hub = _weights_copy(released, tmp_path), StandInHub()
+    res = push(NAME, repo_id='org/c20', private=True, token='tok', directory=wdir, run_dir=run_dir, api=hub)
+    uploads = [c for c in hub.calls if c[0] == 'upload_folder']
+    assert len(uploads) == 1 and [c[0] for c in hub.calls] == ['repo_exists', 'create_repo', 'upload_folder']
+    assert uploads[0][2] == ['README.md', 'args.yaml', 'config.json', 'depth_robustness.png', 'model.safetensors',
+                             'robustness.json', 'summary.csv'] and uploads[0][5] == 'tok'
+    assert hub.calls[1] == ('create_repo', 'org/c20', True)
+    (item,) = json.loads((wdir / 'manifest.json').read_text())['weights']
+    assert item['hf_hub_id'] == res['hf_hub_id'] == 'org/c20@' + 'c' * 40
+    # a fresh clone without the file: the pinned revision is served from the HF cache, sha256 checked
+    (wdir / item['file']).unlink()
+    folder = tmp_path / 'snapshot'
+    folder.mkdir()
+    shutil.copyfile(released[0] / item['file'], folder / 'model.safetensors')
+    _seed_hf_cache(tmp_path / 'hf', 'org/c20', folder, 'c' * 40)
+    res = _python(f'''
+        import json, timm, timm_stim
+        m = timm.create_model({NAME!r}, pretrained=True)
+        print('RESULT' + json.dumps(dict(hub_id=m.pretrained_cfg['hf_hub_id'], file=m.pretrained_cfg.get('file'))))
+    ''', TIMM_STIM_WEIGHTS_DIR=wdir, HF_HUB_CACHE=tmp_path / 'hf')
+    assert res['hub_id'] == 'org/c20@' + 'c' * 40 and ('c' * 40) in res['file']
+
+
+@pytest.mark.parametrize('error, why', [(ConnectionError('Failed to resolve huggingface.co'), 'no network'),
+                                        (RuntimeError('403 Forbidden'), 'rejected')])
+def test_failed_push_publishes_and_changes_nothing(released, tmp_path, error, why):
+    from timm_stim.hub import PushError, push
+    wdir, hub = _weights_copy(released, tmp_path), StandInHub(fail=error)
+    before = (wdir / 'manifest.json').read_bytes()
+    with pytest.raises(PushError, match=why):
+        push(NAME, repo_id='org/c20', token='tok', directory=wdir, api=hub)
+    assert (wdir / 'manifest.json').read_bytes() == before
+    assert hub.calls[-1] == ('delete_repo', 'org/c20')  # the repository this push created is gone again
+
+
+def test_push_without_token_and_dry_run(released, tmp_path, monkeypatch, capsys):
+    from timm_stim.hub import push_cli
+    wdir = _weights_copy(released, tmp_path)
+    monkeypatch.delenv('HF_TOKEN', raising=False)
+    monkeypatch.setenv('HF_HOME', str(tmp_path / 'no_login'))  # no stored login token
+    monkeypatch.setattr('huggingface_hub.get_token', lambda: None)
+    before = (wdir / 'manifest.json').read_bytes()
+    with pytest.raises(SystemExit) as e:
+        push_cli([NAME, '--weights-dir', str(wdir)])
+    assert e.value.code == 1 and 'no Hugging Face token' in capsys.readouterr().err
+    push_cli([NAME, '--weights-dir', str(wdir), '--dry-run'])
+    out = capsys.readouterr().out
+    assert f'would upload timm-stim/{NAME}/model.safetensors' in out and 'README.md' in out
+    assert (wdir / 'manifest.json').read_bytes() == before
+
+
+@pytest.mark.skipif(not os.environ.get('HF_TOKEN'), reason='real Hub push needs HF_TOKEN (and network)')
+def test_real_push(released, tmp_path):
+    from huggingface_hub import HfApi
+    from timm_stim.hub import push
+    api = HfApi(token=os.environ['HF_TOKEN'])
+    repo_id = f'{api.whoami()["name"]}/timm-stim-test-{uuid.uuid4().hex[:8]}'
+    wdir = _weights_copy(released, tmp_path)
+    try:
+        res = push(NAME, repo_id=repo_id, private=True, directory=wdir)
+        assert 'model.safetensors' in api.list_repo_files(repo_id, revision=res['commit'])
+    finally:
+        api.delete_repo(repo_id, missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------- cards
+def _front_matter(text: str) -> dict:
+    assert text.startswith('---\n')
+    return yaml.safe_load(text.split('---\n')[1])
+
+
+def test_card_front_matter_and_numbers_equal_results_json(released, exported, tmp_path):
+    from huggingface_hub import ModelCard
+    from timm_stim.cards import load_results, model_card
+    _, entry = released
+    runs = [dict(model='cifar_resnet20', dataset='cifar10', arm=arm, seed=s, epochs=1, top1=v)
+            for arm, vals in (('off', [90.1, 90.5, 89.9]), ('stpp', [90.7, 91.2, 90.4])) for s, v in enumerate(vals)]
+    runs.append(dict(model='cifar_resnet56', dataset='cifar10', arm='off', seed=0, epochs=1, top1=50.0))  # other arch
+    (tmp_path / 'cifar10.json').write_text(json.dumps({'runs': runs}))
+    text = model_card(entry, load_results(tmp_path))
+    meta = _front_matter(text)
+    assert meta['library_name'] == 'timm' and meta['license'] == 'apache-2.0' and meta['datasets'] == ['cifar10']
+    assert {'timm', 'image-classification'} <= set(meta['tags'])
+    (result,) = meta['model-index'][0]['results']
+    assert {m['name']: m['value'] for m in result['metrics']} == {'top-1 accuracy': entry.metrics['top1'],
+                                                                  'top-5 accuracy': entry.metrics['top5']}
+    assert ModelCard(text).data.eval_results[0].metric_value == entry.metrics['top1']  # the Hub's own parser
+    for arm, vals in (('off', [90.1, 90.5, 89.9]), ('stpp', [90.7, 91.2, 90.4])):
+        assert f'| {statistics.fmean(vals):.2f} | {statistics.stdev(vals):.2f} | {min(vals):.2f}-{max(vals):.2f} | 3 |' \
+            in text
+    assert f'stpp minus baseline: {statistics.fmean([90.7, 91.2, 90.4]) - statistics.fmean([90.1, 90.5, 89.9]):+.2f}' \
+        in text and '50.00' not in text
+    for r in entry.depths:
+        assert f'| {r["top1"]:.2f} | {r["top5"]:.2f} | {r["flops"] / 1e6:.1f} |' in text
+    blocks = text.split('```python\n')[1:]
+    assert len(blocks) == 4 and all(b.startswith('import timm_stim\n') for b in blocks)
+    assert 'CIFAR-10 images at 32x32' in text and 'not ImageNet' in text and '@inproceedings{ye2022' in text
+    assert '![top-1 against FLOPs' in text and entry.command in text
+    assert (exported / 'README.md').read_text().startswith('---\n')  # the exported card is the same generator's
+    assert 'claims no gain' in model_card(entry, [])
+
+
+def test_model_card_md_is_current():
+    from timm_stim.cards import load_results, zoo_card
+    from timm_stim.models.weights import read_manifest
+    entries = read_manifest(REPO / 'weights')
+    expected = zoo_card(entries, load_results(REPO / 'benchmarks' / 'results'))
+    assert (REPO / 'MODEL_CARD.md').read_text() == expected, 'MODEL_CARD.md is stale: run python -m timm_stim.cards'
+    if not entries:
+        assert 'No trained checkpoint has been released yet' in expected
+
+
+def test_zoo_card_lists_released_tags(released):
+    from timm_stim.cards import zoo_card
+    _, entry = released
+    text = zoo_card([entry])
+    assert f'| `{NAME}` | CIFAR-10 | {entry.metrics["top1"]:.2f} |' in text and entry.command in text
+    assert 'No trained checkpoint' not in text
+
+
+def test_wheel_budget_and_hub_only_location():
+    """Committed weights fit the wheel; files above the per-file limit live in weights/hub/ (not in git)."""
+    from timm_stim.models.weights import WHEEL_MAX_MB, read_manifest
+    entries = read_manifest(REPO / 'weights')
+    shipped = [e for e in entries if not e.file.startswith('hub/')]
+    assert all(e.size <= WHEEL_MAX_MB * 2 ** 20 for e in shipped)
+    assert sum(e.size for e in shipped) <= 80 * 2 ** 20  # leaves room under PyPI's 100 MB for the code
+    assert all('@' in e.hub_id for e in entries if e.file.startswith('hub/')), 'Hub-only weights need a pinned id'
+    assert 'hub/' in (REPO / 'weights' / '.gitignore').read_text().split()

@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Model cards, generated from the weights manifest and `benchmarks/results/*.json`, never typed by hand.
+
+    python -m timm_stim.cards                 # rewrite the zoo card MODEL_CARD.md (a test fails when it is stale)
+    python -m timm_stim.cards --check         # exit 1 when MODEL_CARD.md differs from what the manifest gives
+
+`model_card(entry)` is the Hub `README.md` of one tag (`timm-stim-export` writes it): YAML front matter as
+`huggingface_hub.ModelCardData` writes it, timm-style sections, usage that starts with `import timm_stim`, the
+per-depth accuracy / FLOPs table and plot, the training command, ST++-versus-baseline numbers and limitations.
+
+ST++-versus-baseline numbers come from any results JSON with a `runs` list, one item per finished training run:
+`{"model": "cifar_resnet20", "dataset": "cifar10", "arm": "off" | "stpp" | ..., "seed": 0, "epochs": 30,
+"top1": 91.2}` (`arm` "off" is the baseline; the `_stim` suffix of `model` is ignored). A card lists, per arm,
+mean, sample standard deviation, min-max and the number of seeds, for runs of the tag's architecture, dataset and
+(when its `train_args` record them) epochs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from huggingface_hub import EvalResult, ModelCardData
+
+from .models.weights import WHEEL_MAX_MB, WeightsEntry, read_manifest
+
+__all__ = ['model_card', 'zoo_card', 'load_results', 'arm_stats', 'write_zoo_card', 'card_data']
+
+ROOT = Path(__file__).resolve().parents[1]
+PLOT_NAME = 'depth_robustness.png'
+_MODES = {'stpp': 'with Stimulative Training++', 'st': 'with Stimulative Training',
+          'off': 'without Stimulative Training (the plain baseline, published for comparison)'}
+_DATASETS = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100', 'imagenet1k': 'ImageNet-1k'}
+
+ST_PP_SUMMARY = (
+    'Stimulative Training (ST) reads a residual network as an ensemble of its sub-networks and, at every step, '
+    'trains a randomly sampled sub-network (whole residual blocks dropped from the end of stages) to match the full '
+    'network\'s prediction with a KL term, so that sub-networks stop "loafing" inside the whole (Ye et al., '
+    'NeurIPS 2022). ST++ adds a direction-only KL (KL- on layer-normalised logits), random smaller inputs for the '
+    'sub-networks and an inter-stage sampling rule (Ye et al., 2023); the result is one set of weights whose '
+    'full network is trained as usual and whose sub-networks work on their own (elastic depth).')
+
+BIBTEX = '''```bibtex
+@inproceedings{ye2022stimulative,
+  title     = {Stimulative Training of Residual Networks: A Social Psychology Perspective of Loafing},
+  author    = {Ye, Peng and Tang, Shengji and Li, Shufei and Chen, Tao and Ouyang, Wanli},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2022},
+  eprint    = {2210.04153},
+  archivePrefix = {arXiv}
+}
+@article{ye2023stimulative,
+  title   = {Stimulative Training++: Go Beyond The Performance Limits of Residual Networks},
+  author  = {Ye, Peng and He, Tong and Tang, Shengji and Li, Baopu and Chen, Tao and Bai, Lei and Ouyang, Wanli},
+  journal = {arXiv preprint arXiv:2305.02507},
+  year    = {2023}
+}
+@misc{rw2019timm,
+  author = {Ross Wightman},
+  title  = {PyTorch Image Models},
+  year   = {2019},
+  publisher = {GitHub},
+  journal = {GitHub repository},
+  howpublished = {\\url{https://github.com/huggingface/pytorch-image-models}}
+}
+```'''
+
+LIMITATIONS = (
+    '- Trained and evaluated on CIFAR-10 images at 32x32 (unless the tag names another dataset): not ImageNet, and '
+    'not meant for larger photos; resize inputs to the model\'s `input_size` and normalise with its mean / std.\n'
+    '- Numbers are single-crop top-1 on the dataset\'s validation split (for CIFAR-10 that is the 10,000-image test '
+    'set), re-measured in float32 by `timm-stim-release`; they say nothing about distribution shift.\n'
+    '- Sub-network accuracy assumes BatchNorm statistics re-estimated for that depth (`timm_stim.recalibrate_bn`); '
+    'with the stored full-network statistics a sub-network is less accurate.\n'
+    '- Whether ST++ beats a plain baseline at the same schedule is stated only from seeded runs recorded in '
+    '`benchmarks/results/`.')
+
+
+# ------------------------------------------------------------------------------------------------ results
+def load_results(results_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
+    """Every run listed under `runs` in `results_dir/*.json` (each tagged with its `results_file`)."""
+    results_dir = Path(results_dir) if results_dir is not None else ROOT / 'benchmarks' / 'results'
+    runs = []
+    for path in sorted(results_dir.glob('*.json')):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get('runs'), list):
+            runs += [dict(run, results_file=path.name) for run in data['runs'] if isinstance(run, dict)]
+    return runs
+
+
+def _base(model: str) -> str:
+    return model[:-len('_stim')] if model.endswith('_stim') else model
+
+
+def arm_stats(runs: Sequence[Dict[str, Any]], entry: WeightsEntry) -> Dict[str, Dict[str, Any]]:
+    """Per arm: top-1 mean / sd / min / max / n / seeds over the runs of the entry's architecture and dataset."""
+    epochs = entry.train_args.get('epochs')
+    by_arm: Dict[str, List[Dict[str, Any]]] = {}
+    for run in runs:
+        if _base(str(run.get('model', ''))) != _base(entry.model) or run.get('dataset') != entry.dataset:
+            continue
+        if epochs is not None and run.get('epochs') not in (None, epochs):
+            continue
+        if isinstance(run.get('top1'), (int, float)):
+            by_arm.setdefault(str(run.get('arm', '?')), []).append(run)
+    stats = {}
+    for arm, items in sorted(by_arm.items()):
+        vals = [float(r['top1']) for r in items]
+        stats[arm] = dict(mean=statistics.fmean(vals), sd=statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                          min=min(vals), max=max(vals), n=len(vals), seeds=[r.get('seed') for r in items],
+                          files=sorted({r['results_file'] for r in items}))
+    return stats
+
+
+# --------------------------------------------------------------------------------------------- sections
+def card_data(entry: WeightsEntry) -> ModelCardData:
+    """The front matter: library, license, tags, datasets and the model-index with the measured top-1."""
+    dataset_name = _DATASETS.get(entry.dataset, entry.dataset)
+    split = entry.evaluation.get('split', 'validation')
+    results = [EvalResult(task_type='image-classification', dataset_type=entry.dataset, dataset_name=dataset_name,
+                          dataset_split=split, metric_type='accuracy', metric_name=f'top-{key[-1]} accuracy',
+                          metric_value=entry.metrics[key]) for key in ('top1', 'top5') if key in entry.metrics]
+    return ModelCardData(
+        library_name='timm', license=entry.license or 'apache-2.0', pipeline_tag='image-classification',
+        tags=['image-classification', 'timm', 'timm-stim', 'stimulative-training', 'elastic-depth'],
+        datasets=[entry.dataset] if entry.dataset else None, model_name=entry.name,
+        eval_results=results or None)
+
+
+def _usage(name: str) -> str:
+    return f'''## Model Usage
+`import timm_stim` registers the model with timm (timm has no plugin entry points), so it comes first.
+
+### Image Classification
+```python
+import timm_stim
+import timm
+import torch
+from PIL import Image
+
+model = timm.create_model('{name}', pretrained=True).eval()
+config = timm.data.resolve_data_config({{}}, model=model)
+transform = timm.data.create_transform(**config)
+img = Image.open('image.png').convert('RGB')
+with torch.no_grad():
+    top5_prob, top5_idx = model(transform(img).unsqueeze(0)).softmax(dim=1).topk(5)
+print([model.pretrained_cfg['label_names'][i] for i in top5_idx[0]])
+```
+
+### Feature Map Extraction
+```python
+import timm_stim
+import timm
+import torch
+
+model = timm.create_model('{name}', pretrained=True, features_only=True).eval()
+x = torch.randn(1, *model.pretrained_cfg['input_size'])
+for fmap in model(x):
+    print(fmap.shape)
+```
+
+### Image Embeddings
+```python
+import timm_stim
+import timm
+import torch
+
+model = timm.create_model('{name}', pretrained=True, num_classes=0).eval()
+x = torch.randn(1, *model.pretrained_cfg['input_size'])
+embedding = model(x)                                     # (1, num_features) pooled embedding
+features = model.forward_head(model.forward_features(x), pre_logits=True)
+```
+
+### Elastic depth
+```python
+import timm_stim
+import timm
+
+model = timm.create_model('{name}', pretrained=True).eval()
+print(model.list_depths())                               # per-stage kept blocks of every sub-network
+model.set_depth(model.list_depths()[0])                  # the smallest; re-estimate BN on your data for best accuracy
+```
+'''
+
+
+def _fmt(v: Optional[float], digits: int = 2) -> str:
+    return '-' if v is None else f'{v:.{digits}f}'
+
+
+def _details(entry: WeightsEntry) -> str:
+    s, size = entry.stats, entry.input_size or []
+    lines = [
+        '## Model Details',
+        f'- **Model Type:** Image classification / feature backbone, elastic depth',
+        f'- **Model Stats:**',
+        f'  - Params (M): {_fmt(s.get("params_m"))}',
+        f'  - GMACs: {_fmt(s.get("gmacs"), 3)}',
+        f'  - Activations (M): {_fmt(s.get("activations_m"))}',
+        f'  - Image size: {"x".join(str(v) for v in size[1:]) or "-"}',
+        f'- **Papers:**',
+        f'  - Stimulative Training of Residual Networks: A Social Psychology Perspective of Loafing: '
+        f'https://arxiv.org/abs/2210.04153',
+        f'  - Stimulative Training++: Go Beyond The Performance Limits of Residual Networks: '
+        f'https://arxiv.org/abs/2305.02507',
+        f'- **Dataset:** {_DATASETS.get(entry.dataset, entry.dataset or "-")}',
+        f'- **Weights:** `{entry.file}` ({entry.storage_dtype}, {entry.size} bytes, sha256 `{entry.sha256}`)',
+        f'- **Code:** timm-stim (the `timm_stim` package: `timm-stim-train`, `timm-stim-release`)',
+    ]
+    return '\n'.join(lines) + '\n'
+
+
+def depth_table(entry: WeightsEntry) -> str:
+    """Markdown table of per-depth top-1 and FLOPs (BN re-estimated per configuration)."""
+    if not entry.depths:
+        return 'No per-depth measurement was recorded for this tag.\n'
+    rows = ['| kept blocks per stage | top-1 (%) | top-5 (%) | MFLOPs | share of full FLOPs |',
+            '|---|---|---|---|---|']
+    for r in sorted(entry.depths, key=lambda r: r['flops']):
+        star = ' (full)' if r.get('full') else ''
+        rows.append(f'| {",".join(str(d) for d in r["depths"])}{star} | {r["top1"]:.2f} | {r["top5"]:.2f} | '
+                    f'{r["flops"] / 1e6:.1f} | {100 * r["flops_share"]:.0f}% |')
+    tops = [r['top1'] for r in entry.depths]
+    bn = entry.evaluation.get('bn_recalib')
+    note = (f'\nBN statistics re-estimated on {bn} training images for each configuration; over '
+            f'{len(tops)} configurations top-1 is {min(tops):.2f} min, {statistics.fmean(tops):.2f} mean.\n')
+    return '\n'.join(rows) + '\n' + note
+
+
+def comparison(entry: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
+    """ST++-versus-baseline table (mean ± sd over seeds) from the results JSON, or an honest 'not measured'."""
+    stats = arm_stats(runs, entry)
+    if not stats:
+        return ('No seeded ST++-versus-baseline runs of this architecture and dataset are in '
+                '`benchmarks/results/` yet, so this card claims no gain over a baseline.\n')
+    rows = ['| arm | top-1 mean (%) | sd | min-max | seeds |', '|---|---|---|---|---|']
+    for arm, st in stats.items():
+        rows.append(f'| {arm}{" (baseline)" if arm == "off" else ""} | {st["mean"]:.2f} | {st["sd"]:.2f} | '
+                    f'{st["min"]:.2f}-{st["max"]:.2f} | {st["n"]} |')
+    text = '\n'.join(rows) + '\n'
+    if 'off' in stats:
+        for arm, st in stats.items():
+            if arm != 'off':
+                text += (f'\n{arm} minus baseline: {st["mean"] - stats["off"]["mean"]:+.2f} pt (seed sd '
+                         f'{st["sd"]:.2f} vs {stats["off"]["sd"]:.2f}).')
+    files = sorted({f for st in stats.values() for f in st['files']})
+    return text + f'\n\nSource: `benchmarks/results/{"`, `".join(files)}`.\n'
+
+
+def _training(entry: WeightsEntry) -> str:
+    ev = entry.evaluation
+    logged = ev.get('logged_top1')
+    return (f'## Training\n```bash\n{entry.command or "(command not recorded)"}\n```\n'
+            f'- Released with `{entry.release_command or "timm-stim-release"}` from `{entry.source or "-"}` '
+            f'at timm-stim commit `{entry.commit or "-"}`.\n'
+            f'- Top-1 re-measured in float32 on {ev.get("num_images", "-")} images of the `{ev.get("split", "-")}` '
+            f'split: **{_fmt(entry.metrics.get("top1"))}** (the run logged {_fmt(logged)}; '
+            f'tolerance {ev.get("tolerance", "-")} pt).\n')
+
+
+def model_card(entry: WeightsEntry, runs: Sequence[Dict[str, Any]] = (), plot: Optional[str] = PLOT_NAME) -> str:
+    """The Hub README.md of one tag."""
+    top1 = entry.metrics.get('top1')
+    intro = (f'# Model card for {entry.name}\n\nA {_base(entry.model)} image classification model trained on '
+             f'{_DATASETS.get(entry.dataset, entry.dataset)} {_MODES.get(entry.mode, entry.mode)} by timm-stim, a '
+             f'plugin for `timm`. Top-1: {_fmt(top1)} % (re-measured at release).\n\n{ST_PP_SUMMARY}\n')
+    depth = '## Elastic depth: accuracy and FLOPs per sub-network\n' + depth_table(entry)
+    if plot and entry.depths:
+        depth += f'\n![top-1 against FLOPs per depth configuration]({plot})\n'
+    body = '\n'.join([intro, _details(entry), _usage(entry.name), depth, _training(entry),
+                      '## ST++ versus baseline\n' + comparison(entry, runs), '## Limitations\n' + LIMITATIONS + '\n',
+                      '## Citation\n' + BIBTEX + '\n'])
+    return f'---\n{card_data(entry).to_yaml()}\n---\n\n{body}'
+
+
+# ------------------------------------------------------------------------------------------------- zoo
+def _zoo_row(e: WeightsEntry) -> str:
+    tops = [r['top1'] for r in e.depths]
+    where = 'Hub only (pinned)' if e.file.startswith('hub/') else 'wheel + Hub'
+    sub = f'{min(tops):.2f} / {statistics.fmean(tops):.2f}' if tops else '-'
+    return (f'| `{e.name}` | {_DATASETS.get(e.dataset, e.dataset)} | {_fmt(e.metrics.get("top1"))} | {sub} | '
+            f'{_fmt(e.stats.get("params_m"))} | {_fmt(e.stats.get("gmacs"), 3)} | {where} | `{e.hub_id}` |')
+
+
+def _zoo_status(entries: Sequence[WeightsEntry]) -> str:
+    if not entries:
+        return ('## Status\nNo trained checkpoint has been released yet: `weights/manifest.json` is empty, so '
+                '`timm.list_pretrained(\'*_stim*\')` lists nothing and `pretrained=True` raises a RuntimeError that '
+                'says so. Long training runs are under way; every tag will be made by `timm-stim-release` (which '
+                're-measures it) and this card regenerated from the manifest. Nothing is claimed here that a '
+                'committed command did not produce.\n')
+    rows = ['| tag | dataset | top-1 | sub-network top-1 min / mean | params (M) | GMACs | where | Hub id |',
+            '|---|---|---|---|---|---|---|---|']
+    return ('## Released weights\nTop-1 re-measured in float32 by `timm-stim-release`; sub-networks with BN '
+            're-estimated per depth configuration.\n\n' + '\n'.join(rows + [_zoo_row(e) for e in entries]) + '\n')
+
+
+def _zoo_entry(e: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
+    return (f'### {e.name}\n' + _training(e)[len('## Training\n'):] + '\n' + depth_table(e) + '\nST++ versus '
+            'baseline: ' + comparison(e, runs))
+
+
+def zoo_card(entries: Sequence[WeightsEntry], runs: Sequence[Dict[str, Any]] = ()) -> str:
+    """MODEL_CARD.md: every tag, its numbers, robustness and how to reproduce it."""
+    parts = ['# timm-stim model card\n\n<!-- generated by `python -m timm_stim.cards` from weights/manifest.json '
+             'and benchmarks/results/*.json; do not edit by hand -->\n', ST_PP_SUMMARY + '\n', _zoo_status(entries)]
+    parts += [_zoo_entry(e, runs) for e in entries]
+    parts += [f'''## Usage
+```python
+import timm_stim
+import timm
+model = timm.create_model('cifar_resnet20_stim', pretrained=True)   # the default tag of a model with weights
+model = timm.create_model('<model>.<tag>', pretrained=True, num_classes=100)   # fine-tune: new head
+```
+
+## Where the weights live
+- A stored file of at most {WHEEL_MAX_MB} MB is `weights/<model>.<tag>.safetensors`: committed, shipped inside the
+  wheel (PyPI limit 100 MB) and also pushed to the Hub.
+- A larger one is `weights/hub/<model>.<tag>.safetensors`, kept out of git and the wheel and fetched from the Hub at
+  the revision pinned in the manifest (`hf_hub_id` = `org/name@<commit>`); its sha256 is checked like a local file.
+  Large files are stored in float16 only when float16 gives the same top-1.
+- A clone serves every file in `weights/` offline; `HF_HUB_OFFLINE=1` makes a missing file fail at once.
+
+## Limitations
+{LIMITATIONS}
+
+## Citation
+{BIBTEX}
+''']
+    return '\n'.join(parts)
+
+
+def write_zoo_card(path: Optional[Path] = None, weights: Optional[Path] = None,
+                   results: Optional[Path] = None) -> str:
+    """Regenerate MODEL_CARD.md; returns its text."""
+    text = zoo_card(read_manifest(weights or ROOT / 'weights'), load_results(results))
+    Path(path or ROOT / 'MODEL_CARD.md').write_text(text)
+    return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m timm_stim.cards', description='Regenerate MODEL_CARD.md.')
+    p.add_argument('--output', default=str(ROOT / 'MODEL_CARD.md'))
+    p.add_argument('--check', action='store_true', help='exit 1 if the file is stale, write nothing')
+    args = p.parse_args(argv)
+    text = zoo_card(read_manifest(ROOT / 'weights'), load_results())
+    if args.check:
+        current = Path(args.output).read_text() if Path(args.output).is_file() else ''
+        if current != text:
+            print(f'{args.output} is stale: run python -m timm_stim.cards', file=sys.stderr)
+            return 1
+        return 0
+    Path(args.output).write_text(text)
+    print(f'wrote {args.output}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""`timm-stim-release`: turn a training run into a published tag (`weights/<model>.<tag>.safetensors` + manifest).
+
+    timm-stim-release output/train/cifar_resnet20_stpp --tag stpp_cifar10
+    timm-stim-release output/train/run/model_best.pth.tar --tag stpp_cifar10 --model cifar_resnet20_stim --weights ema
+
+What a maintainer would do, in order, stopping with one clear line (and writing nothing) at the first problem:
+1. pick the checkpoint (`last.pth.tar` by default: `model_best` was chosen on the validation split, which for
+   CIFAR-10 is the test set) and its EMA or plain weights (`--weights auto`: the weights whose accuracy the run logged,
+   the EMA's when it kept one);
+2. load them strictly into the named `_stim` (or CIFAR base) model with the run's `num_classes`;
+3. re-evaluate top-1 in float32 (what users run) on the run's validation split and compare it with the accuracy
+   the run logged in `summary.csv` for that epoch (`--tolerance`, default 0.3 pt: the run may have evaluated
+   under bfloat16 autocast); both numbers are recorded;
+4. measure per-depth robustness with BN re-estimated for each configuration (`timm_stim.validate.evaluate_depths`);
+5. store float16 only for a file above the wheel limit and only when float16 gives the same top-1;
+6. write the weights and the manifest entry (sha256, size, dataset, input size, recipe from `args.yaml`, the
+   training command, commit, measured numbers).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import yaml
+from timm import utils
+from timm.data import resolve_data_config
+
+from .data import fit_channels
+from .models import CIFAR_ARCHS, STIM_BASES
+from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, load_checkpoint_state_dict,
+                             weights_dir, write_weights)
+from .train import _non_negative_int, _positive_int, build_parser as train_parser
+from .validate import _loader, _sweep_configs, evaluate_depths
+
+__all__ = ['build_parser', 'main', 'release', 'ReleaseError', 'train_command']
+
+_logger = logging.getLogger('release')
+_MACHINE_KEYS = {'data', 'config', 'device', 'local_rank', 'rank', 'world_size', 'distributed', 'prefetcher'}
+
+
+class ReleaseError(RuntimeError):
+    """A release stopped before writing anything."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='timm-stim-release', description='Release a training run as a weights tag.',
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('run', metavar='RUN', help='training run directory or checkpoint file (.pth.tar / .safetensors)')
+    p.add_argument('--tag', required=True, help='pretrained tag, e.g. stpp_cifar10 (weights: <model>.<tag>)')
+    p.add_argument('--model', default=None, help='model name (default: the run\'s model; timm names map to '
+                                                 '<name>_stim)')
+    p.add_argument('--checkpoint', default='last', metavar='last|best|FILE',
+                   help='in a run directory: last.pth.tar, model_best.pth.tar, or a file name')
+    p.add_argument('--weights', default='auto', choices=('auto', 'ema', 'plain'),
+                   help='EMA or plain weights of a train checkpoint (auto: EMA when the run kept one)')
+    p.add_argument('--data-dir', default=None, metavar='DIR', help='dataset root (default: the run\'s)')
+    p.add_argument('--split', default=None, help='validation split (default: the run\'s --val-split)')
+    p.add_argument('--val-subset', type=_positive_int, default=None, metavar='N',
+                   help='evaluate N images (default: what the run validated on)')
+    p.add_argument('--tolerance', type=float, default=0.3, metavar='PT',
+                   help='largest allowed |re-evaluated - logged| top-1, in points')
+    p.add_argument('--skip-log-check', action='store_true', help='release although the run logged no accuracy '
+                                                                 'for these weights')
+    p.add_argument('--bn-recalib', type=_non_negative_int, default=2000, metavar='N',
+                   help='training images for BN re-estimation per depth configuration (0 = stored statistics)')
+    p.add_argument('--robustness', default='auto', choices=('auto', 'all', 'random', 'none'))
+    p.add_argument('--robustness-samples', type=_positive_int, default=20, metavar='N')
+    p.add_argument('--robustness-max', type=_positive_int, default=64, metavar='N')
+    p.add_argument('--storage', default='auto', choices=('auto', 'float32', 'float16'),
+                   help=f'auto: float16 only above {WHEEL_MAX_MB} MB and only with the same top-1')
+    p.add_argument('--dataset-name', default=None, help='dataset id for the card (default: from the data folder)')
+    p.add_argument('--weights-dir', default=None, metavar='DIR', help='default: $TIMM_STIM_WEIGHTS_DIR or weights/')
+    p.add_argument('-b', '--batch-size', type=_positive_int, default=256)
+    p.add_argument('-j', '--workers', type=_non_negative_int, default=2)
+    p.add_argument('--device', default='cpu')
+    return p
+
+
+# --------------------------------------------------------------------------------------------- the run
+def resolve_checkpoint(run: str, which: str) -> Tuple[Path, Optional[Path]]:
+    """(checkpoint file, run directory or None)."""
+    path = Path(run)
+    if path.is_file():
+        return path, path.parent
+    if not path.is_dir():
+        raise ReleaseError(f'{run}: no such run directory or checkpoint file.')
+    name = {'last': 'last.pth.tar', 'best': 'model_best.pth.tar'}.get(which, which)
+    ckpt = path / name
+    if not ckpt.is_file():
+        raise ReleaseError(f'{ckpt} does not exist (--checkpoint last|best|FILE).')
+    return ckpt, path
+
+
+def _load_meta(ckpt: Path) -> Dict[str, Any]:
+    if ckpt.suffix == '.safetensors':
+        return {}
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        meta = torch.load(ckpt, map_location='cpu', weights_only=True, mmap=True)
+    return {k: v for k, v in meta.items() if k in ('epoch', 'args', 'metric', 'loader')} \
+        if isinstance(meta, dict) else {}
+
+
+def run_args(run_dir: Optional[Path], meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The run's training arguments: `args.yaml` next to the checkpoint, else the checkpoint's own `args`."""
+    if run_dir is not None and (run_dir / 'args.yaml').is_file():
+        with open(run_dir / 'args.yaml') as f:
+            return yaml.safe_load(f) or {}
+    if meta.get('args') is not None:
+        return dict(vars(meta['args']))
+    raise ReleaseError('no args.yaml next to the checkpoint and no args inside it: cannot tell how it was trained.')
+
+
+def logged_top1(run_dir: Optional[Path], meta: Dict[str, Any]) -> Optional[float]:
+    """`eval_top1` that the run logged for the checkpoint's epoch (None when there is none)."""
+    summary = run_dir / 'summary.csv' if run_dir is not None else None
+    if summary is None or not summary.is_file() or 'epoch' not in meta:
+        return None
+    if (meta.get('loader') or {}).get('batch', 0):
+        return None  # a mid-epoch recovery checkpoint: never evaluated
+    with open(summary) as f:
+        for row in csv.DictReader(f):
+            if int(row['epoch']) == int(meta['epoch']) and row.get('eval_top1') not in (None, ''):
+                return float(row['eval_top1'])
+    return None
+
+
+def release_model_name(given: Optional[str], args: Dict[str, Any]) -> str:
+    """The model to release into: as given, else the run's model (a timm name becomes its `_stim` name)."""
+    name = given or args.get('model') or ''
+    if name in STIM_BASES or name in CIFAR_ARCHS:
+        return name
+    if f'{name}_stim' in STIM_BASES:
+        return f'{name}_stim'
+    raise ReleaseError(f'unknown model {name!r}: release into one of {", ".join(sorted(STIM_BASES))} or a CIFAR '
+                       f'base name ({", ".join(CIFAR_ARCHS)}).')
+
+
+def train_command(args: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """(`timm-stim-train ...` reproducing the run, the arguments that differ from the defaults)."""
+    parser = train_parser()
+    defaults = vars(parser.parse_args([]))
+    options = {a.dest: a for a in parser._actions if a.option_strings}
+    changed = {k: v for k, v in args.items() if k in options and k not in _MACHINE_KEYS and v != defaults.get(k)}
+    parts = ['timm-stim-train']
+    for key, value in changed.items():
+        action, flag = options[key], options[key].option_strings[-1]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            parts.append(flag if value else '--no-' + flag[2:])
+        elif action.nargs == 0:
+            parts.append(flag)
+        elif isinstance(value, dict):
+            parts += [flag] + [f'{k}={v}' for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            parts += [flag] + [str(v) for v in value]
+        else:
+            parts += [flag, str(value)]
+    return ' '.join(parts), changed
+
+
+def git_commit() -> str:
+    """This code's git commit (`+dirty` with uncommitted changes), or '' outside a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(['git', '-C', str(root), 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(['git', '-C', str(root), 'status', '--porcelain', '--untracked-files=no'],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ''
+    return sha + ('+dirty' if dirty else '')
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def _data_args(opts: argparse.Namespace, args: Dict[str, Any]) -> argparse.Namespace:
+    """What `timm_stim.validate._loader` needs, from the run's arguments and the release flags."""
+    return argparse.Namespace(
+        data_dir=opts.data_dir or args.get('data_dir'), dataset=args.get('dataset', ''),
+        dataset_download=False, fast_data=args.get('fast_data'), data_cache_dir=args.get('data_cache_dir'),
+        class_map=args.get('class_map', ''), batch_size=opts.batch_size, seed=args.get('seed', 42),
+        channels_last=False, workers=opts.workers)
+
+
+def model_stats(model: nn.Module, input_size: Sequence[int], flops: float) -> Dict[str, float]:
+    """Params (M), GMACs and activations (M, outputs of conv / linear layers, as timm's tables count them)."""
+    count = [0]
+    hooks = [m.register_forward_hook(lambda m, i, o: count.__setitem__(0, count[0] + o.numel()))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return dict(params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+                gmacs=round(flops / 2 / 1e9, 4), activations_m=round(count[0] / 1e6, 3))
+
+
+def _top1(model: nn.Module, loader, device) -> Dict[str, Any]:
+    return evaluate_depths(model, [None], loader, device=device)[0]  # stored BN statistics, float32
+
+
+def _robustness(model, opts, data_args, data_config, loader, device, train_split: str) -> List[Dict[str, Any]]:
+    if opts.robustness == 'none':
+        return []
+    configs = _sweep_configs(model, opts.robustness, opts.robustness_samples, opts.robustness_max,
+                             data_args.seed)
+    recalib = _loader(data_args, data_config, train_split, opts.bn_recalib, True, device) if opts.bn_recalib \
+        else None
+    rows = evaluate_depths(model, configs, loader, recalib, opts.bn_recalib, device,
+                           input_size=data_config['input_size'])
+    keep = ('depths', 'full', 'top1', 'top5', 'flops', 'params', 'flops_share')
+    return [{k: (round(r[k], 4) if isinstance(r[k], float) else r[k]) for k in keep} for r in rows]
+
+
+def choose_storage(model: nn.Module, state_dict: Dict[str, torch.Tensor], mode: str, top1: float,
+                   loader, device) -> Dict[str, torch.Tensor]:
+    """float32, or float16 when asked (or auto and above the wheel limit) and its top-1 is the same."""
+    nbytes = sum(v.numel() * v.element_size() for v in state_dict.values())
+    if mode == 'float32' or (mode == 'auto' and nbytes <= WHEEL_MAX_MB * 2 ** 20):
+        return state_dict
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in half.items()})
+    try:
+        top1_half = _top1(model, loader, device)['top1']
+    finally:
+        model.load_state_dict(state_dict)
+    if top1_half == top1:
+        _logger.info(f'float16 storage keeps top-1 {top1:.2f}: storing float16.')
+        return half
+    if mode == 'float16':
+        raise ReleaseError(f'float16 weights give top-1 {top1_half:.2f}, float32 {top1:.2f}: not the same; '
+                           f'release with --storage float32.')
+    _logger.info(f'float16 gives top-1 {top1_half:.2f} vs {top1:.2f}: keeping float32.')
+    return state_dict
+
+
+def check_logged(measured: float, logged: Optional[float], tolerance: float, skip: bool, weights: str) -> None:
+    if logged is None:
+        if skip:
+            return
+        raise ReleaseError(f'the run logged no validation top-1 for these {weights} weights (mid-epoch checkpoint, '
+                           f'no summary.csv, or plain weights of a run that logged its EMA): release the '
+                           f'checkpoint the run evaluated, or pass --skip-log-check.')
+    if not math.isfinite(measured) or abs(measured - logged) > tolerance:
+        raise ReleaseError(f're-evaluated top-1 {measured:.3f} misses the logged {logged:.3f} by '
+                           f'{abs(measured - logged):.3f} pt (> --tolerance {tolerance}): different data, '
+                           f'preprocessing or weights. Nothing was written.')
+
+
+# ----------------------------------------------------------------------------------------------- release
+def _evaluated_weights(args: Dict[str, Any]) -> str:
+    """Whose accuracy the run logged: the EMA's when it kept one on the device (train.py), else the model's."""
+    return 'ema' if args.get('model_ema') and not args.get('model_ema_force_cpu') else 'plain'
+
+
+def _pick_weights(choice: str, args: Dict[str, Any]) -> str:
+    return _evaluated_weights(args) if choice == 'auto' else choice
+
+
+def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
+    """Check, re-evaluate and store one run as `<model>.<tag>`; raise ReleaseError (nothing written) on a problem."""
+    ckpt, run_dir = resolve_checkpoint(opts.run, opts.checkpoint)
+    meta = _load_meta(ckpt)
+    args = run_args(run_dir, meta)
+    model_name = release_model_name(opts.model, args)
+    if args.get('model_kwargs'):
+        raise ReleaseError(f'the run used --model-kwargs {args["model_kwargs"]}: a pretrained tag cannot carry '
+                           f'model arguments; release runs of the plain architecture.')
+    weights = _pick_weights(opts.weights, args)
+    num_classes, in_chans = int(args.get('num_classes') or 1000), int(args.get('in_chans') or 3)
+    try:
+        state_dict = load_checkpoint_state_dict(ckpt, use_ema=weights == 'ema')
+        model = build_checked_model(model_name, state_dict, num_classes, in_chans, source=str(ckpt))
+    except (ValueError, FileNotFoundError) as e:
+        raise ReleaseError(str(e)) from e
+    device = torch.device(opts.device)
+    model.to(device)
+    data_config = fit_channels(resolve_data_config({k: args.get(k) for k in (
+        'input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation', 'in_chans')}, model=model), in_chans)
+    data_args = _data_args(opts, args)
+    split = opts.split or args.get('val_split') or 'validation'
+    subset = opts.val_subset or args.get('val_subset')
+    try:
+        loader = _loader(data_args, data_config, split, subset, False, device)
+    except (FileNotFoundError, ValueError) as e:
+        raise ReleaseError(f'cannot read the validation data: {e}') from e
+    full = _top1(model, loader, device)
+    logged = logged_top1(run_dir, meta) if weights == _evaluated_weights(args) else None
+    check_logged(full['top1'], logged, opts.tolerance, opts.skip_log_check, weights)
+    depths = _robustness(model, opts, data_args, data_config, loader, device, args.get('train_split', 'train'))
+    stored = choose_storage(model, state_dict, opts.storage, full['top1'], loader, device)
+    command, changed = train_command(args)
+    info = dict(
+        dataset=opts.dataset_name or _dataset_name(data_args), recipe=args.get('config') or '', command=command,
+        metrics=dict(top1=round(full['top1'], 3), top5=round(full['top5'], 3)), license='apache-2.0',
+        input_size=list(data_config['input_size']), mean=list(data_config['mean']), std=list(data_config['std']),
+        crop_pct=data_config['crop_pct'], interpolation=data_config['interpolation'],
+        label_names=list(getattr(getattr(loader, 'dataset', None), 'classes', None) or []) or None,
+        commit=git_commit(), source=f'{ckpt} ({"state_dict_ema" if weights == "ema" else "state_dict"})',
+        train_args=dict(changed, stim_mode=args.get('stim_mode', 'stpp')), depths=depths,
+        stats=model_stats(model.cpu(), data_config['input_size'], full['flops']),
+        evaluation=dict(split=split, num_images=_num_images(loader), precision='float32',
+                        logged_top1=logged, tolerance=opts.tolerance, bn_recalib=opts.bn_recalib,
+                        data_dir=str(data_args.data_dir)),
+        release_command=' '.join(['timm-stim-release'] + list(argv)))
+    return write_weights(stored, model_name, opts.tag, num_classes, opts.weights_dir or weights_dir(),
+                         in_chans=in_chans, checked=True, **info)
+
+
+def _dataset_name(data_args: argparse.Namespace) -> str:
+    name = (data_args.dataset or '').split('/')[-1] or os.path.basename(os.path.normpath(data_args.data_dir or ''))
+    return name.replace('-', '').replace('_', '').lower() or 'unknown'
+
+
+def _num_images(loader) -> Optional[int]:
+    ds = getattr(loader, 'dataset', None)
+    return len(ds) if ds is not None else None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> WeightsEntry:
+    if not logging.getLogger().handlers:
+        utils.setup_default_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    opts = build_parser().parse_args(argv)
+    try:
+        entry = release(opts, argv)
+    except ReleaseError as e:
+        print(f'timm-stim-release: error: {e}', file=sys.stderr)
+        raise SystemExit(2)
+    _logger.info(f'Released {entry.name}: top-1 {entry.metrics["top1"]} (logged '
+                 f'{entry.evaluation.get("logged_top1")}), {entry.file}, sha256 {entry.sha256[:12]}...')
+    return entry
+
+
+def cli() -> None:
+    """Console-script entry point (`timm-stim-release`)."""
+    main()
+
+
+if __name__ == '__main__':
+    cli()
