@@ -24,7 +24,6 @@ import csv
 import logging
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -41,6 +40,7 @@ from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, lo
                              weights_dir, write_weights)
 from .train import _non_negative_int, _positive_int, build_parser as train_parser
 from .validate import _loader, _sweep_configs, evaluate_depths
+from .version import source_commit
 
 __all__ = ['build_parser', 'main', 'release', 'ReleaseError', 'train_command']
 
@@ -167,19 +167,6 @@ def train_command(args: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
     return ' '.join(parts), changed
 
 
-def git_commit() -> str:
-    """This code's git commit (`+dirty` with uncommitted changes), or '' outside a checkout."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(['git', '-C', str(root), 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(['git', '-C', str(root), 'status', '--porcelain', '--untracked-files=no'],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ''
-    return sha + ('+dirty' if dirty else '')
-
-
 # ------------------------------------------------------------------------------------------ evaluation
 def _data_args(opts: argparse.Namespace, args: Dict[str, Any]) -> argparse.Namespace:
     """What `timm_stim.validate._loader` needs, from the run's arguments and the release flags."""
@@ -300,13 +287,15 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     depths = _robustness(model, opts, data_args, data_config, loader, device, args.get('train_split', 'train'))
     stored = choose_storage(model, state_dict, opts.storage, full['top1'], loader, device)
     command, changed = train_command(args)
+    command = args.get('command') or command  # the literal command line, when the run recorded it
     info = dict(
         dataset=opts.dataset_name or _dataset_name(data_args), recipe=args.get('config') or '', command=command,
         metrics=dict(top1=round(full['top1'], 3), top5=round(full['top5'], 3)), license='apache-2.0',
         input_size=list(data_config['input_size']), mean=list(data_config['mean']), std=list(data_config['std']),
         crop_pct=data_config['crop_pct'], interpolation=data_config['interpolation'],
         label_names=list(getattr(getattr(loader, 'dataset', None), 'classes', None) or []) or None,
-        commit=git_commit(), source=f'{ckpt} ({"state_dict_ema" if weights == "ema" else "state_dict"})',
+        commit=args.get('git_commit') or source_commit(),
+        source=f'{ckpt} ({"state_dict_ema" if weights == "ema" else "state_dict"})',
         train_args=dict(changed, stim_mode=args.get('stim_mode', 'stpp')), depths=depths,
         stats=model_stats(model.cpu(), data_config['input_size'], full['flops']),
         evaluation=dict(split=split, num_images=_num_images(loader), precision='float32',

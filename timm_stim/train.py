@@ -52,6 +52,7 @@ from .data import (TensorLoader, TransformSubset, dataset_targets, fit_channels,
                    subset_indices)
 from .depth import compile_blocks
 from .trainer import MODES, StimulativeTrainer
+from .version import source_commit
 
 __all__ = ['build_parser', 'main', 'NonFiniteLossError', 'plot_curves', 'compile_blocks', 'find_resume_checkpoint']
 
@@ -291,6 +292,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         with open(pre.config) as f:
             parser.set_defaults(**(yaml.safe_load(f) or {}))
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.data and not args.data_dir:
         args.data_dir = args.data
     if args.resume and args.initial_checkpoint:
@@ -987,8 +989,9 @@ def _run(args) -> Dict[str, Any]:
         if ckpt is not None and os.path.dirname(os.path.abspath(resume_path)) == os.path.abspath(output_dir) \
                 and ckpt.get('saver'):
             saver.load_state_dict(ckpt['saver'])
-        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
-            yaml.safe_dump({k: v for k, v in vars(args).items() if not isinstance(v, torch.device)}, f)
+        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:  # + the literal command and the code's commit
+            yaml.safe_dump({**{k: v for k, v in vars(args).items() if not isinstance(v, torch.device)},
+                            'command': ' '.join(['timm-stim-train'] + list(args.argv)), 'git_commit': source_commit()}, f)
         _truncate_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
     ctx['saver'] = saver
 
