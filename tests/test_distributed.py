@@ -91,6 +91,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason='torch.distributed gloo needed')
 def test_two_gloo_processes_match_one_process():
     # one process, whole global batch

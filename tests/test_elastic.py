@@ -191,6 +191,7 @@ BLOCKED_RUNNER = '''
 EXPORTS = [('cifar_resnet20_stim', (1, 2, 3)), ('resnet18_stim', (1, 2, 1, 2))]
 
 
+@pytest.mark.slow
 def test_exported_depth_runs_without_timm_stim(tmp_path):
     """TorchScript (script, trace) and torch.export artefacts of a chosen depth match eager, in a process that
     cannot import timm or timm_stim."""

@@ -13,7 +13,7 @@ from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTarget
 from timm.task import ClassificationTask
 
 from timm_stim import (
-    StimulativeTrainer, build_space, DEFAULT_AMPLITUDE, depth_ranges, kl, kl_minus, normalize_logits,
+    StimConfig, StimulativeTrainer, build_space, DEFAULT_AMPLITUDE, depth_ranges, kl, kl_minus, normalize_logits,
     run_subnetworks, smaller_input, subnetwork,
 )
 
@@ -302,10 +302,49 @@ def test_run_subnetworks_too_small_input_value_error():
     (dict(temperature=0), 'temperature'),
     (dict(space='nope'), 'unknown sampling space'),
     (dict(space='2|2|2'), 'stages'),
+    (dict(weight=-1), r'weight must be >= 0, got -1'),
+    (dict(amplitude=0.0), r'amplitude must be > 0, got 0.0'),
+    (dict(amplitude=-1.0), r'amplitude must be > 0'),
+    (dict(space='3||3'), 'empty kept-set'),
 ])
 def test_trainer_bad_knobs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         StimulativeTrainer(_resnet18(), verbose=False, **kwargs)
+    if kwargs != dict(space='2|2|2'):  # everything but the stage count is checked without a model
+        with pytest.raises(ValueError, match=match):
+            StimConfig(**kwargs).resolved()
+
+
+@pytest.mark.parametrize('flag,value,api', [
+    ('--stim-weight', '-1', dict(weight=-1.0)), ('--stim-amplitude', '0', dict(amplitude=0.0)),
+    ('--stim-temp', '0', dict(temperature=0.0)), ('--stim-min-scale', '1.5', dict(min_scale=1.5)),
+    ('--stim-subnets', '-1', dict(subnets=-1)), ('--stim-space', 'bogus', dict(space='bogus')),
+])
+def test_stim_flags_and_api_share_checks(flag, value, api, capsys):
+    """add_stim_args refuses at parse time what StimConfig.resolved refuses, with the same rule in the message."""
+    import argparse
+    from timm_stim.trainer import add_stim_args
+    parser = argparse.ArgumentParser(prog='x')
+    add_stim_args(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args([flag, value])
+    err = capsys.readouterr().err
+    with pytest.raises(ValueError) as e:
+        StimConfig(**api).resolved()
+    rule = str(e.value).split(',')[0].split(' ', 1)[1] if 'space' not in api else 'unknown sampling space'
+    assert f'argument {flag}' in err and rule in err
+
+
+def test_stim_config_from_args():
+    import argparse
+    from timm_stim.trainer import add_stim_args
+    parser = argparse.ArgumentParser()
+    add_stim_args(parser)
+    parser.add_argument('--seed', type=int, default=42)
+    cfg = StimConfig.from_args(parser.parse_args(['--stim-mode', 'st', '--stim-weight', '0.5']))
+    assert (cfg.mode, cfg.subnets, cfg.loss, cfg.weight, cfg.seed) == ('st', 1, 'kl', 0.5, 42)
+    assert StimConfig.from_args(parser.parse_args(['--stim-seed', '3'])).seed == 3
+    assert StimConfig.from_args(parser.parse_args([])) == StimConfig(seed=42).resolved()
 
 
 def test_trainer_non_residual_model():

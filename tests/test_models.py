@@ -35,6 +35,7 @@ def test_registered_names():
         assert timm.is_model(base) and name == base + '_stim'
 
 
+@pytest.mark.slow
 def test_import_registers_without_warnings():
     code = textwrap.dedent('''
         import io, logging, warnings
@@ -62,7 +63,8 @@ def test_unknown_model_gets_timms_error():
         timm.create_model('cifar_resnet20_stim.no_such_tag')
 
 
-@pytest.mark.parametrize('name', STIM_MODELS)
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n == 'wide_resnet101_2_stim' else n
+                                  for n in STIM_MODELS])
 def test_model_forward_backward_cfg(name):
     """timm's forward / backward / default-cfg checks on one model instance (creation dominates on CPU)."""
     torch.manual_seed(0)
@@ -121,9 +123,44 @@ def test_features_only(name):
         feats = model(torch.randn(1, 3, side, side))
     assert [f.shape[1] for f in feats] == model.feature_info.channels()
     assert [side // f.shape[-1] for f in feats] == model.feature_info.reduction()
-    # the elastic-depth API needs the classification model: the wrapper is refused clearly
-    with pytest.raises(TypeError, match='Supported families'):
-        timm_stim.find_stages(model)
+    # the wrapper keeps elastic depth: it shares the model's stage containers
+    assert isinstance(model, timm_stim.elastic.ElasticFeaturesMixin)
+    depths = model.list_depths()[0]
+    with torch.no_grad(), timm_stim.at_depth(model, depths):
+        assert timm_stim.get_depth(model) == depths
+        assert [f.shape for f in model(torch.randn(1, 3, side, side))] == [f.shape for f in feats]
+    assert timm_stim.get_depth(model) == timm_stim.full_depths(model)
+
+
+@pytest.mark.parametrize('name,kwargs', [
+    ('cifar_resnet20_stim', {}), ('cifar_wrn16_4_stim', {}), ('resnet18_stim', dict(out_indices=(1, 2))),
+    ('resnet18_stim', dict(feature_cls='dict')), ('resnet18_stim', dict(feature_cls='hook')),
+    ('mobilenetv3_small_100_stim', {}),
+])
+def test_features_only_elastic_depth(name, kwargs):
+    """at_depth / set_depth on a features_only `_stim` model run the same sub-network as the classifier model."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, features_only=True, **kwargs).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.weight.data.uniform_(0.5, 1.5)  # undo zero-init-last: a dropped block must change the features
+    x = torch.randn(1, 3, 32, 32)
+    as_list = lambda out: list(out.values()) if isinstance(out, dict) else list(out)
+    with torch.no_grad():
+        full = as_list(model(x))
+        small = model.list_depths()[0]
+        with timm_stim.at_depth(model, small):
+            sub = as_list(model(x))
+        model.set_depth(small)
+        assert all(torch.equal(a, b) for a, b in zip(as_list(model(x)), sub))
+        model.set_depth(None)
+        assert all(torch.equal(a, b) for a, b in zip(as_list(model(x)), full))
+    assert any(not torch.equal(a, b) for a, b in zip(full, sub)), 'dropping blocks must change a feature map'
+
+
+def test_features_only_without_stages_is_a_clear_error():
+    model = timm.create_model('resnet18_stim', features_only=True, out_indices=(0,))
+    with pytest.raises(TypeError, match='no ResNet-layout stage'):
+        model.set_depth((1,))
 
 
 @pytest.mark.parametrize('name', ['resnet50_stim', 'mobilenetv3_large_100_stim', 'cifar_resnet20_stim',
@@ -221,3 +258,39 @@ def test_forward_intermediates(name):
             assert model.forward_intermediates(x, indices=1, intermediates_only=True)[0].shape == inter[-1].shape
         getter = timm.create_model(name, features_only=True, feature_cls='getter').eval()
         assert [f.shape[1] for f in getter(x)] == getter.feature_info.channels()
+
+
+def test_cifar_wrn_intermediates_norm_matches_timm():
+    """As timm's models with a final norm: the last intermediate is normalised only with norm=True."""
+    torch.manual_seed(0)
+    model = timm.create_model('cifar_wrn16_4', zero_init_last=False).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        raw = model.forward_intermediates(x, indices=1, intermediates_only=True)[0]
+        normed = model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)[0]
+        final, inter = model.forward_intermediates(x)
+        expected_raw = model.layer3(model.layer2(model.layer1(model.conv1(x))))
+    assert torch.allclose(raw, expected_raw) and (raw < 0).any()  # un-normalised: pre-activation values
+    assert torch.allclose(normed, model.act(model.norm(expected_raw))) and (normed >= 0).all()
+    assert torch.allclose(inter[-1], raw) and torch.allclose(final, model.forward_features(x))
+
+
+@pytest.mark.parametrize('name', ['cifar_resnet20', 'cifar_wrn16_4_stim'])
+def test_cifar_prune_intermediate_layers(name):
+    """timm's prune_intermediate_layers: later stages, final norm and head go; kept intermediates are unchanged."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, zero_init_last=False).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
+        assert model.prune_intermediate_layers([1, 2]) == [1, 2]
+        after = model.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
+        final, _ = model.forward_intermediates(x, indices=[1, 2])
+        assert all(torch.equal(a, b) for a, b in zip(before, after))
+        assert len(model.layer3) == 0 and model.num_classes == 0
+        assert model.num_features == model.feature_info[2]['num_chs'] == final.shape[1]
+        assert model(x).shape == final.shape  # no pool, no classifier: timm's reset_classifier(0, '')
+    assert [s.name for s in timm_stim.find_stages(model)] == ['layer1', 'layer2']
+    full = timm.create_model(name)
+    full.prune_intermediate_layers(3, prune_head=False)
+    assert full.num_classes == 10 and len(full.layer3)

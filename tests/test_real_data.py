@@ -11,6 +11,7 @@ reach >= 35 % top-1 on the held-out images (chance: 10 %; measured: 44.5 %).
 import math
 import time
 
+import pytest
 import timm
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ def _accuracy(model, x, y, depths=None):
         return (model(x).argmax(-1) == y).float().mean().item()
 
 
+@pytest.mark.slow
 def test_stpp_cifar10_subset_beats_chance(cifar10_subset, cifar10_normalize):
     x, y = cifar10_subset('train', TRAIN_PER_CLASS)
     xv, yv = cifar10_subset('val', VAL_PER_CLASS)

@@ -3,6 +3,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,7 +16,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = REPO / '..' / 'shared' / 'data' / 'cifar10'
-UPSTREAM = Path('/work/.mirror/huggingface+pytorch-image-models/repo')
+# a clone of huggingface/pytorch-image-models (a checkout, or a bare repository read at the installed timm's tag)
+UPSTREAM = Path(os.environ['TIMM_UPSTREAM_DIR']) if os.environ.get('TIMM_UPSTREAM_DIR') else None
 
 needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason='CIFAR-10 not at ../shared/data/cifar10')
 
@@ -62,6 +64,7 @@ def stpp_run(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------ real runs
+@pytest.mark.slow
 @needs_cifar
 def test_stpp_writes_checkpoint_summary_plot(stpp_run):
     out, res = stpp_run
@@ -92,6 +95,7 @@ def test_baseline_trains_without_kl(tmp_path):
     assert float(rows[0]['train_loss']) == pytest.approx(float(rows[0]['train_loss_main']))
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_resume_after_sigkill_gives_identical_weights(tmp_path):
     """Kill -9 mid-epoch after a step checkpoint, resume from the run directory: same final weights."""
@@ -151,6 +155,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_ddp_two_processes_equal_one_process(tmp_path):
     """torchrun, 2 gloo processes x batch 8 == 1 process x batch 16 (a GroupNorm ResNet-20: BatchNorm statistics
@@ -216,6 +221,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ validate
+@pytest.mark.slow
 @needs_cifar
 def test_validate_full_subnetwork_and_robustness(stpp_run, tmp_path):
     from timm_stim.validate import main
@@ -237,13 +243,37 @@ def test_validate_full_subnetwork_and_robustness(stpp_run, tmp_path):
         main(common + ['--depths', '9,9,9'])
 
 
+def _tiny_folder(data, per_class=8):
+    """A 2-class image folder (train/ and val/) of links into the shared CIFAR-10 (nothing copied)."""
+    for split in ('train', 'val'):
+        for cls in ('airplane', 'cat'):
+            (data / split / cls).mkdir(parents=True)
+            for f in sorted((CIFAR / split / cls).iterdir())[:per_class]:
+                (data / split / cls / f.name).symlink_to(f.resolve())
+    return data
+
+
+@needs_cifar
+def test_validate_reports_true_bn_image_count(tmp_path, caplog):
+    """--bn-recalib larger than the training split: the JSON, the rows and the log give the images really used."""
+    from timm_stim.validate import main
+    data = _tiny_folder(tmp_path / 'data')
+    res = main(['--data-dir', str(data), '--model', 'cifar_resnet20', '--num-classes', '2', '-b', '8',
+                '--robustness', 'random', '--robustness-samples', '1', '--bn-recalib', '2000',
+                '--results-file', str(tmp_path / 'rob.json')])
+    saved = json.load(open(tmp_path / 'rob.json'))
+    assert res['bn_recalib'] == saved['bn_recalib'] == 16
+    assert [r['bn_images'] for r in saved['results']] == [16, 16]
+    assert 'has only 16 images' in caplog.text and '2000 training images' not in caplog.text
+
+
 # ------------------------------------------------------------------------------------------ launcher
 def test_launcher_splits_stim_flags():
     from timm_stim.launch_upstream import split_stim_args, stim_task_class
-    knobs, rest = split_stim_args(['--model', 'x', '--stim-mode', 'st', '-b', '4', '--stim-subnets', '2'])
-    assert knobs['mode'] == 'st' and knobs['subnets'] == 2 and rest == ['--model', 'x', '-b', '4']
-    knobs, rest = split_stim_args(['--', '--model', 'x'])
-    assert rest == ['--model', 'x'] and knobs['mode'] == 'stpp'
+    stim, rest = split_stim_args(['--model', 'x', '--stim-mode', 'st', '-b', '4', '--stim-subnets', '2'])
+    assert stim.mode == 'st' and stim.subnets == 2 and rest == ['--model', 'x', '-b', '4']
+    stim, rest = split_stim_args(['--stim-loss', 'kl', '--', '--model', 'x'])
+    assert rest == ['--model', 'x'] and stim.mode == 'stpp' and stim.loss == 'kl' and stim.subnets == 6
     with pytest.raises(SystemExit):
         split_stim_args(['--stim-bogus', '1'])
     import timm
@@ -252,31 +282,86 @@ def test_launcher_splits_stim_flags():
     assert task.stim.mode == 'st' and task.stim.subnets == 1
 
 
-@needs_cifar
-@pytest.mark.skipif(not UPSTREAM.is_dir(), reason='upstream timm repository snapshot not available')
-def test_launcher_runs_upstream_train_py(tmp_path):
-    script = tmp_path / 'train.py'
-    src = subprocess.run(['git', '-C', str(UPSTREAM), 'show', 'HEAD:train.py'], capture_output=True, text=True)
-    if src.returncode:
-        pytest.skip(f'cannot read upstream train.py: {src.stderr}')
-    script.write_text(src.stdout)
-    data = tmp_path / 'data'  # tiny image folder of links into the shared CIFAR-10 (nothing copied)
-    for split in ('train', 'val'):
-        for cls in ('airplane', 'cat'):
-            (data / split / cls).mkdir(parents=True)
-            for f in sorted((CIFAR / split / cls).iterdir())[:8]:
-                (data / split / cls / f.name).symlink_to(f.resolve())
-    r = subprocess.run([sys.executable, '-m', 'timm_stim.launch_upstream', str(script), '--stim-mode', 'stpp',
-                        '--stim-subnets', '1', '--', '--data-dir', str(data), '--model', 'cifar_resnet20',
-                        '--num-classes', '2', '-b', '8', '--epochs', '1', '--device', 'cpu', '--workers', '0',
-                        '--no-prefetcher', '--lr', '0.05', '--warmup-epochs', '0', '--output', str(tmp_path),
-                        '--experiment', 'up'], env=_env(), capture_output=True, text=True, timeout=300)
+def test_launcher_stim_flag_after_separator_says_where_it_goes(capsys):
+    from timm_stim.launch_upstream import split_stim_args
+    with pytest.raises(SystemExit) as e:
+        split_stim_args(['--stim-mode', 'st', '--', '--model', 'x', '--stim-subnets', '2'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert '--stim-subnets after "--": --stim-* flags go before "--"' in err and 'unknown' not in err
+    with pytest.raises(SystemExit):
+        split_stim_args(['--stim-bogus', '1', '--', '--model', 'x'])
+    err = capsys.readouterr().err
+    assert 'unknown flag(s) --stim-bogus' in err and '--stim-subnets' in err
+
+
+def test_launcher_refuses_bad_knobs_and_missing_script(tmp_path, capsys):
+    from timm_stim.launch_upstream import main
+    for argv, message in [([str(tmp_path / 'train.py')], 'upstream script not found'),
+                          ([__file__, '--stim-weight', '-1'], 'argument --stim-weight: must be >= 0')]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def _upstream_script(name, tmp_path):
+    """Upstream `name` from $TIMM_UPSTREAM_DIR: the checked-out file, or `git show v<installed timm>:name`."""
+    if UPSTREAM is None or not UPSTREAM.is_dir():
+        pytest.skip('set TIMM_UPSTREAM_DIR to a clone of huggingface/pytorch-image-models to test upstream scripts')
+    if (UPSTREAM / name).is_file():
+        return UPSTREAM / name
+    import timm
+    for rev in (f'v{timm.__version__}', 'HEAD'):
+        src = subprocess.run(['git', '-C', str(UPSTREAM), 'show', f'{rev}:{name}'], capture_output=True, text=True)
+        if src.returncode == 0:
+            (tmp_path / name).write_text(src.stdout)
+            return tmp_path / name
+    pytest.skip(f'cannot read {name} from {UPSTREAM}: {src.stderr.strip()}')
+
+
+def _launch(script, *argv):
+    r = subprocess.run([sys.executable, '-m', 'timm_stim.launch_upstream', str(script), *argv], env=_env(),
+                       capture_output=True, text=True, timeout=300)
     if r.returncode and ('ImportError' in r.stderr or 'cannot import name' in r.stderr):
-        pytest.skip(f'upstream train.py needs a newer timm: {r.stderr.strip().splitlines()[-1]}')
+        pytest.skip(f'upstream {script.name} needs a newer timm: {r.stderr.strip().splitlines()[-1]}')
     assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope='module')
+def upstream_run(tmp_path_factory):
+    """Upstream train.py, one epoch of cifar_resnet20_stim with ST++ (K=1) on 2 classes x 8 images."""
+    if not (CIFAR / 'train').is_dir():
+        pytest.skip('CIFAR-10 not at ../shared/data/cifar10')
+    tmp_path = tmp_path_factory.mktemp('upstream')
+    script = _upstream_script('train.py', tmp_path)
+    data = _tiny_folder(tmp_path / 'data')
+    r = _launch(script, '--stim-mode', 'stpp', '--stim-subnets', '1', '--', '--data-dir', str(data), '--model',
+                'cifar_resnet20_stim', '--num-classes', '2', '-b', '8', '--epochs', '1', '--device', 'cpu',
+                '--workers', '0', '--no-prefetcher', '--lr', '0.05', '--warmup-epochs', '0', '--output',
+                str(tmp_path), '--experiment', 'up')
+    return tmp_path, data, r, script
+
+
+@pytest.mark.slow
+def test_launcher_runs_upstream_train_py(upstream_run):
+    out, _, r, script = upstream_run
     assert 'StimulativeTrainer' in r.stderr + r.stdout
-    ckpt = _load(tmp_path / 'up' / 'last.pth.tar')
-    assert 'stim_sampler' in ckpt['task_state']  # upstream's CheckpointSaver stored our sampler state
+    ckpt = _load(out / 'up' / 'last.pth.tar')
+    if re.search(r'CheckpointSaver\([^)]*task=', script.read_text()):  # upstream >= v1.0.27 gives it the task
+        assert 'stim_sampler' in ckpt['task_state']  # ... which stored our sampler state
+
+
+@pytest.mark.slow
+def test_launcher_runs_upstream_validate_py(upstream_run):
+    """Upstream validate.py has no --device-modules: through the launcher it loads a `*_stim` checkpoint."""
+    out, data, _, _ = upstream_run
+    script = _upstream_script('validate.py', out)
+    r = _launch(script, '--', '--data-dir', str(data), '--model', 'cifar_resnet20_stim', '--num-classes', '2',
+                '--checkpoint', str(out / 'up' / 'last.pth.tar'), '-b', '8', '--device', 'cpu', '--workers', '0',
+                '--no-prefetcher')
+    result = json.loads(r.stdout.split('--result', 1)[1])
+    assert result['model'] == 'cifar_resnet20_stim' and 0 <= result['top1'] <= 100
 
 
 def test_console_scripts_exit_zero(monkeypatch):

@@ -199,6 +199,7 @@ PRETRAINED_SCRIPT = '''
 '''
 
 
+@pytest.mark.slow
 def test_pretrained_offline_local_then_hub(wdir, tmp_path):
     """End to end in a fresh interpreter: manifest entry -> registered tag -> verified local file, then Hub copy."""
     name = f'{MODEL}.{TAG}.safetensors'
@@ -221,6 +222,7 @@ def test_pretrained_offline_local_then_hub(wdir, tmp_path):
     assert 'model.safetensors' in res['hub_truncated'][1]
 
 
+@pytest.mark.slow
 def test_weights_ship_in_non_editable_install(tmp_path):
     """`pip install .` (non-editable) carries weights/ as timm_stim/_weights and pretrained=True finds it there."""
     pytest.importorskip('setuptools', minversion='70.1')  # builds wheels without the 'wheel' package

@@ -21,6 +21,6 @@ from .depth import (
 )
 from .sampling import SPACES, DepthSampler, build_space, parse_space, sample_depths, stpp_kept_set
 from .losses import kl, kl_minus, normalize_logits, smaller_input, DEFAULT_AMPLITUDE
-from .trainer import MODES, MODE_DEFAULTS, StimConfig, StimulativeTrainer
+from .trainer import MODES, MODE_DEFAULTS, StimConfig, StimulativeTrainer, add_stim_args
 from .elastic import set_depth, get_depth, at_depth, list_depths, depth_profile, export_depth, save_exported
 from . import models  # registers the CIFAR architectures and the *_stim models with timm

@@ -29,7 +29,7 @@ from timm.utils.model import unwrap_model
 from .depth import check_depths, export_subnetwork, find_stages, full_depths, subnetwork, valid_depths
 
 __all__ = [
-    'ElasticDepthMixin', 'set_depth', 'get_depth', 'at_depth', 'list_depths', 'depth_profile', 'export_depth',
+    'ElasticDepthMixin', 'ElasticFeaturesMixin', 'set_depth', 'get_depth', 'at_depth', 'list_depths', 'depth_profile', 'export_depth',
     'save_exported', 'EXPORT_METHODS',
 ]
 
@@ -74,6 +74,18 @@ class ElasticDepthMixin:
             view.__class__ = _base_class(self)
             return view
         return export_depth(self)
+
+
+class ElasticFeaturesMixin(ElasticDepthMixin):
+    """Persistent depth for timm's `features_only` wrappers of a `*_stim` model (`FeatureListNet`, ...).
+
+    The wrappers share the model's stage containers, so the sub-network runs by the same block removal, around
+    the wrapper's `forward` (which returns the feature maps).
+    """
+
+    def forward(self, x: torch.Tensor):
+        with subnetwork(self, self.stim_depths):
+            return super().forward(x)
 
 
 def _base_class(model: nn.Module) -> type:

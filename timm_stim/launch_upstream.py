@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
-"""Run an upstream timm `train.py`, given by path, with `StimulativeTrainer` swapped in for its task.
+"""Run an upstream timm script (`train.py`, `validate.py`), given by path, with timm-stim loaded into it.
 
     python -m timm_stim.launch_upstream path/to/pytorch-image-models/train.py \\
         --stim-mode stpp --stim-subnets 6 -- --data-dir ../shared/data/cifar10 --model cifar_resnet20_stim ...
-    torchrun --nproc_per_node=2 -m timm_stim.launch_upstream path/to/train.py --stim-mode stpp ...
+    python -m timm_stim.launch_upstream path/to/pytorch-image-models/validate.py -- \\
+        --data-dir ../shared/data/cifar10 --model cifar_resnet20_stim --checkpoint run/model_best.pth.tar
+    torchrun --nproc_per_node=2 -m timm_stim.launch_upstream path/to/train.py --stim-mode stpp -- ...
+
+The upstream scripts are not part of the timm wheel: take them from a clone of pytorch-image-models checked out
+at the tag of the installed timm (`git checkout v$(python -c 'import timm; print(timm.__version__)')`).
 
 Nothing of upstream is copied: the script is executed as `__main__` (runpy) after two changes to the running
-process: `import timm_stim` (registers the `*_stim` models) and `timm.task.ClassificationTask` replaced by a
-`StimulativeTrainer` subclass carrying the --stim-* knobs. upstream train.py binds the name with
-`from timm.task import ClassificationTask` when it is executed, so patching the attribute beforehand is enough.
-The --stim-* flags are removed from the command line before upstream parses it; everything else goes to
-upstream unchanged (a `--` separator is optional). Distillation (--kd-model-name) keeps upstream's tasks.
+process: `import timm_stim` (registers the `*_stim` models, which upstream validate.py cannot load by itself: it
+has no --device-modules flag) and `timm.task.ClassificationTask` replaced by a `StimulativeTrainer` subclass
+carrying the --stim-* knobs (upstream train.py binds the name with `from timm.task import ...` when it runs).
+The --stim-* flags go before `--`; everything else goes to the upstream script unchanged. Distillation
+(train.py --kd-model-name) keeps upstream's own tasks, without ST. validate.py ignores the --stim-* knobs.
 """
 from __future__ import annotations
 
@@ -18,52 +23,54 @@ import argparse
 import os
 import runpy
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .trainer import MODES, StimulativeTrainer
+from .trainer import StimConfig, StimulativeTrainer, add_stim_args
 
 __all__ = ['main', 'split_stim_args', 'stim_task_class']
 
+_PROG = 'timm-stim-launch-upstream'
+
 
 def _stim_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m timm_stim.launch_upstream', allow_abbrev=False, add_help=False,
-                                description='Run upstream timm train.py with StimulativeTrainer.')
-    p.add_argument('--stim-mode', default='stpp', choices=MODES)
-    p.add_argument('--stim-subnets', type=int, default=None)
-    p.add_argument('--stim-space', default=None)
-    p.add_argument('--stim-loss', default=None, choices=('kl', 'kl-'))
-    p.add_argument('--stim-temp', type=float, default=1.0)
-    p.add_argument('--stim-weight', type=float, default=1.0)
-    p.add_argument('--stim-min-scale', type=float, default=None)
-    p.add_argument('--stim-amplitude', type=float, default=None)
-    p.add_argument('--stim-main-normalized', action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument('--stim-seed', type=int, default=0)
+    p = argparse.ArgumentParser(
+        prog=_PROG, allow_abbrev=False, add_help=False,
+        usage=f'{_PROG} UPSTREAM_SCRIPT [--stim-* flags] [--] [upstream script flags]',
+        description='Run an upstream timm script (train.py with StimulativeTrainer as its task, or validate.py) '
+                    'with timm_stim imported.')
+    add_stim_args(p)
     return p
 
 
-def split_stim_args(argv: Sequence[str]) -> Tuple[Dict[str, Any], List[str]]:
-    """(StimulativeTrainer keyword knobs, the remaining arguments for upstream train.py)."""
+def _stim_flags(parser: argparse.ArgumentParser) -> List[str]:
+    return sorted(o for a in parser._actions for o in a.option_strings if o.startswith('--stim-'))
+
+
+def split_stim_args(argv: Sequence[str]) -> Tuple[StimConfig, List[str]]:
+    """(the resolved `StimConfig` of the --stim-* flags before `--`, the arguments for the upstream script)."""
     parser = _stim_parser()
-    ns, rest = parser.parse_known_args(list(argv))
-    leftovers = [a for a in rest if a.startswith('--stim-')]
-    if leftovers:
-        parser.error(f'unknown stim flag(s) {leftovers}; known: '
-                     f'{sorted(o for a in parser._actions for o in a.option_strings)}')
-    if rest and rest[0] == '--':
-        rest = rest[1:]
-    knobs = dict(mode=ns.stim_mode, subnets=ns.stim_subnets, space=ns.stim_space, loss=ns.stim_loss,
-                 temperature=ns.stim_temp, weight=ns.stim_weight, min_scale=ns.stim_min_scale,
-                 amplitude=ns.stim_amplitude, main_on_normalized=ns.stim_main_normalized, seed=ns.stim_seed)
-    return knobs, rest
+    argv = list(argv)
+    cut = argv.index('--') if '--' in argv else len(argv)
+    ours, theirs = argv[:cut], argv[cut + 1:]
+    late = [a for a in theirs if a.startswith('--stim-')]
+    if late:
+        parser.error(f'{" ".join(late)} after "--": --stim-* flags go before "--" (everything after it is passed '
+                     f'to the upstream script, which does not know them)')
+    ns, rest = parser.parse_known_args(ours)
+    unknown = [a for a in rest if a.startswith('--stim-')]
+    if unknown:
+        parser.error(f'unknown flag(s) {" ".join(unknown)}: the --stim-* flags are {" ".join(_stim_flags(parser))}')
+    return StimConfig.from_args(ns), rest + theirs
 
 
-def stim_task_class(knobs: Dict[str, Any]) -> type:
-    """A `ClassificationTask`-signature class that builds `StimulativeTrainer(..., **knobs)`."""
+def stim_task_class(stim: Union[StimConfig, Dict[str, Any]]) -> type:
+    """A `ClassificationTask`-signature class that builds `StimulativeTrainer(..., stim=stim)`."""
+    cfg = stim if isinstance(stim, StimConfig) else StimConfig(**stim)
 
     class StimClassificationTask(StimulativeTrainer):
         def __init__(self, model, criterion=None, criterion_kwargs=None, device=None, dtype=None, verbose=True):
-            super().__init__(model, criterion, criterion_kwargs=criterion_kwargs, device=device, dtype=dtype,
-                             verbose=verbose, **knobs)
+            super().__init__(model, criterion, criterion_kwargs=criterion_kwargs, stim=cfg, device=device,
+                             dtype=dtype, verbose=verbose)
 
     return StimClassificationTask
 
@@ -76,14 +83,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise SystemExit(0 if argv else 2)
     script, rest = argv[0], argv[1:]
     if not os.path.isfile(script):
-        _stim_parser().error(f'upstream train.py not found: {script} (first argument must be its path)')
-    knobs, upstream_argv = split_stim_args(rest)
+        _stim_parser().error(f'upstream script not found: {script} (the first argument is the path of upstream '
+                             f"timm's train.py or validate.py)")
+    stim, upstream_argv = split_stim_args(rest)
 
     import timm.task
     import timm_stim  # noqa: F401  (registers the *_stim models for upstream's create_model)
 
     original = timm.task.ClassificationTask
-    timm.task.ClassificationTask = stim_task_class(knobs)
+    timm.task.ClassificationTask = stim_task_class(stim)
     old_argv, old_path = sys.argv, list(sys.path)
     sys.argv = [script] + upstream_argv
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))

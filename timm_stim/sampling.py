@@ -34,6 +34,9 @@ def stpp_kept_set(lo: int, hi: int) -> List[int]:
 
 def parse_space(text: str) -> Space:
     """Parse `"3|3,4|3-6|3"` (stages separated by '|', values by ',', ranges with '-') into kept-sets."""
+    if not any(c.isdigit() for c in text):
+        raise ValueError(f"unknown sampling space {text!r}: use one of {SPACES} or per-stage kept-sets "
+                         f"such as '3|3,4|3-6|3'.")
     space = []
     for part in text.split('|'):
         kept = set()
@@ -46,6 +49,9 @@ def parse_space(text: str) -> Space:
             if a > b:
                 raise ValueError(f'bad kept-set range {tok!r} in {text!r}: write it as lo-hi with lo <= hi.')
             kept.update(range(a, b + 1))
+        if not kept:
+            raise ValueError(f'stage {len(space)} of {text!r} has an empty kept-set: every stage must keep at '
+                             f'least one depth.')
         space.append(sorted(kept))
     return space
 
@@ -62,9 +68,6 @@ def build_space(space: Union[str, Sequence[Sequence[int]]], ranges: Sequence[Tup
         fixed = {0, n - 1} if n > 2 else ({0} if n == 2 else set())
         return [[hi] if i in fixed else stpp_kept_set(lo, hi) for i, (lo, hi) in enumerate(ranges)]
     if isinstance(space, str):
-        if not any(c.isdigit() for c in space):
-            raise ValueError(f"unknown sampling space {space!r}: use one of {SPACES} or per-stage kept-sets "
-                             f"such as '3|3,4|3-6|3'.")
         space = parse_space(space)
     space = [sorted({int(d) for d in kept}) for kept in space]
     if len(space) != len(ranges):

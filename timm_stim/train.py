@@ -51,7 +51,7 @@ import timm_stim  # noqa: F401  (registers the *_stim models)
 from .data import (TensorLoader, TransformSubset, dataset_targets, fit_channels, fits_fast_path, load_image_tensors,
                    subset_indices)
 from .depth import compile_blocks
-from .trainer import MODES, StimulativeTrainer
+from .trainer import StimConfig, StimulativeTrainer, add_stim_args
 from .version import source_commit
 
 __all__ = ['build_parser', 'main', 'NonFiniteLossError', 'plot_curves', 'compile_blocks', 'find_resume_checkpoint']
@@ -77,20 +77,6 @@ def _non_negative_int(text: str) -> int:
     v = int(text)
     if v < 0:
         raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
-    return v
-
-
-def _unit_interval(text: str) -> float:
-    v = float(text)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f'must be in (0, 1], got {text}')
-    return v
-
-
-def _positive_float(text: str) -> float:
-    v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f'must be > 0, got {text}')
     return v
 
 
@@ -257,22 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--eval-metric', default='top1', choices=('top1', 'top5', 'loss'))
     g.add_argument('--no-plot', action='store_true', help='[timm-stim] skip the loss / accuracy PNG')
 
-    g = parser.add_argument_group('Stimulative training (timm-stim)')
-    g.add_argument('--stim-mode', default='stpp', choices=MODES,
-                   help='off = plain baseline; st = ST (NeurIPS 2022); stpp = ST++ released recipe')
-    g.add_argument('--stim-subnets', type=_non_negative_int, default=None, metavar='K',
-                   help='sub-networks per step (default: 1 for st, 6 for stpp)')
-    g.add_argument('--stim-space', default=None, metavar='SPACE',
-                   help="sampling space: st, stpp, or per-stage kept-sets such as '3|2,3|3'")
-    g.add_argument('--stim-loss', default=None, choices=('kl', 'kl-'), help='kl (ST) or kl- (ST++)')
-    g.add_argument('--stim-temp', type=_positive_float, default=1.0, metavar='T')
-    g.add_argument('--stim-weight', type=float, default=1.0, metavar='LAMBDA')
-    g.add_argument('--stim-min-scale', type=_unit_interval, default=None, metavar='S',
-                   help='sub-network input side uniform in [int(S*H), H] (default 0.43 for stpp, 1.0 = off)')
-    g.add_argument('--stim-amplitude', type=_positive_float, default=None, metavar='A',
-                   help='amplitude A of KL- (default 1, the released value)')
-    g.add_argument('--stim-main-normalized', action=argparse.BooleanOptionalAction, default=None,
-                   help='main loss on A * LN(z) (default: on for stpp)')
+    g = add_stim_args(parser)  # the StimConfig knobs, shared with the upstream launcher
     g.add_argument('--stim-bn-recalib', type=_non_negative_int, default=2000, metavar='N',
                    help='re-estimate BN (model and EMA) with the full network on N training images after each '
                         'epoch, for every mode including the baseline (as the released code); 0 = off')
@@ -884,11 +855,8 @@ def _run(args) -> Dict[str, Any]:
     train_loss_fn = create_classification_loss(
         loss_type='bce' if args.bce_loss else None, smoothing=0. if mixup_active else args.smoothing,
         soft_targets=mixup_active).to(device)
-    task = StimulativeTrainer(
-        model, criterion=train_loss_fn, device=device, verbose=utils.is_primary(args), mode=args.stim_mode,
-        subnets=args.stim_subnets, space=args.stim_space, loss=args.stim_loss, temperature=args.stim_temp,
-        weight=args.stim_weight, amplitude=args.stim_amplitude, main_on_normalized=args.stim_main_normalized,
-        min_scale=args.stim_min_scale, seed=args.seed)
+    task = StimulativeTrainer(model, criterion=train_loss_fn, stim=StimConfig.from_args(args), device=device,
+                              verbose=utils.is_primary(args))
 
     if not args.lr:
         global_batch = args.batch_size * args.world_size * args.grad_accum_steps

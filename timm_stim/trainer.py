@@ -5,9 +5,10 @@ A drop-in for timm's `ClassificationTask` (same constructor, `forward(input, tar
 """
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -16,13 +17,30 @@ from timm.utils.model import unwrap_model
 
 from .depth import MultiDepthForward, compile_blocks, depth_ranges, find_stages, recalibrate_bn, run_subnetworks
 from .losses import DEFAULT_AMPLITUDE, kl, kl_minus, normalize_logits
-from .sampling import DepthSampler, build_space
+from .sampling import SPACES, DepthSampler, build_space, parse_space
 
-__all__ = ['StimConfig', 'StimulativeTrainer', 'MODES', 'MODE_DEFAULTS']
+__all__ = ['StimConfig', 'StimulativeTrainer', 'MODES', 'MODE_DEFAULTS', 'LOSSES', 'STIM_CHECKS', 'add_stim_args']
 
 _logger = logging.getLogger(__name__)
 
 MODES = ('off', 'st', 'stpp')
+LOSSES = ('kl', 'kl-')
+
+# the one set of range checks on the numeric knobs: StimConfig.resolved (Python API) and every command's --stim-*
+# flags (add_stim_args) use this table
+STIM_CHECKS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    'subnets': (lambda v: v >= 0, 'must be >= 0'),
+    'temperature': (lambda v: v > 0, 'must be > 0'),
+    'weight': (lambda v: v >= 0, 'must be >= 0'),
+    'amplitude': (lambda v: v > 0, 'must be > 0'),
+    'min_scale': (lambda v: 0 < v <= 1, 'must be in (0, 1]'),
+}
+
+
+def _check_space_text(space: str) -> None:
+    """Refuse a malformed space string before any model exists (stage counts are checked by `build_space`)."""
+    if space not in SPACES:
+        parse_space(space)
 
 
 @dataclass
@@ -47,19 +65,32 @@ class StimConfig:
     seed: int = 0
 
     def resolved(self) -> 'StimConfig':
+        """The mode's defaults filled in, every knob checked (`ValueError` naming the knob)."""
         if self.mode not in MODES:
             raise ValueError(f'unknown stim mode {self.mode!r}: use one of {MODES}.')
         defaults = MODE_DEFAULTS[self.mode]
         out = StimConfig(**{k: (defaults.get(k) if v is None else v) for k, v in asdict(self).items()})
-        if out.loss not in ('kl', 'kl-'):
-            raise ValueError(f"unknown stim loss {out.loss!r}: use 'kl' or 'kl-'.")
-        if out.subnets < 0:
-            raise ValueError(f'subnets must be >= 0, got {out.subnets}.')
-        if not 0 < out.min_scale <= 1:
-            raise ValueError(f'min_scale must be in (0, 1], got {out.min_scale}.')
-        if out.temperature <= 0:
-            raise ValueError(f'temperature must be > 0, got {out.temperature}.')
+        if out.loss not in LOSSES:
+            raise ValueError(f'unknown stim loss {out.loss!r}: use one of {LOSSES}.')
+        for name, (ok, rule) in STIM_CHECKS.items():
+            value = getattr(out, name)
+            if value is not None and not ok(value):
+                raise ValueError(f'{name} {rule}, got {value}.')
+        if isinstance(out.space, str):
+            _check_space_text(out.space)
         return out
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> 'StimConfig':
+        """The resolved config of parsed `add_stim_args` flags; the seed is `--stim-seed`, else `--seed`, else 0."""
+        seed = getattr(args, 'stim_seed', None)
+        if seed is None:
+            seed = getattr(args, 'seed', None) or 0
+        return cls(
+            mode=args.stim_mode, subnets=args.stim_subnets, space=args.stim_space, loss=args.stim_loss,
+            temperature=args.stim_temp, weight=args.stim_weight, amplitude=args.stim_amplitude,
+            main_on_normalized=args.stim_main_normalized, min_scale=args.stim_min_scale, seed=seed,
+        ).resolved()
 
 
 MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -70,6 +101,51 @@ MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # ST++ released recipe: K = 6, space3-style rule, KL-, random smaller inputs, main CE on A * LN(z)
     'stpp': dict(subnets=6, space='stpp', loss='kl-', main_on_normalized=True, min_scale=0.43),
 }
+
+
+def _checked(name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse `type` converting with `convert` and applying `STIM_CHECKS[name]`."""
+    ok, rule = STIM_CHECKS[name]
+
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f'{rule}, got {text}')
+        return value
+
+    parse.__name__ = convert.__name__  # argparse names the type in "invalid int value" errors
+    return parse
+
+
+def _space_arg(text: str) -> str:
+    try:
+        _check_space_text(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_stim_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add the `--stim-*` knobs of `StimConfig` (read them back with `StimConfig.from_args`); returns the group."""
+    g = parser.add_argument_group('Stimulative training (timm-stim)')
+    g.add_argument('--stim-mode', default='stpp', choices=MODES,
+                   help='off = plain baseline; st = ST (NeurIPS 2022); stpp = ST++ released recipe')
+    g.add_argument('--stim-subnets', type=_checked('subnets', int), default=None, metavar='K',
+                   help='sub-networks per step (default: 1 for st, 6 for stpp)')
+    g.add_argument('--stim-space', type=_space_arg, default=None, metavar='SPACE',
+                   help="sampling space: st, stpp, or per-stage kept-sets such as '3|2,3|3'")
+    g.add_argument('--stim-loss', default=None, choices=LOSSES, help='kl (ST) or kl- (ST++)')
+    g.add_argument('--stim-temp', type=_checked('temperature', float), default=1.0, metavar='T')
+    g.add_argument('--stim-weight', type=_checked('weight', float), default=1.0, metavar='LAMBDA')
+    g.add_argument('--stim-min-scale', type=_checked('min_scale', float), default=None, metavar='S',
+                   help='sub-network input side uniform in [int(S*H), H] (default 0.43 for stpp, 1.0 = off)')
+    g.add_argument('--stim-amplitude', type=_checked('amplitude', float), default=None, metavar='A',
+                   help='amplitude A of KL- (default 1, the released value)')
+    g.add_argument('--stim-main-normalized', action=argparse.BooleanOptionalAction, default=None,
+                   help='main loss on A * LN(z) (default: on for stpp)')
+    g.add_argument('--stim-seed', type=int, default=None, metavar='N',
+                   help="seed of the sub-network sampler (default: the command's --seed, else 0)")
+    return g
 
 
 def _check_smaller_inputs(model: nn.Module, cfg: StimConfig) -> None:

@@ -189,8 +189,9 @@ def evaluate_depths(
 ) -> List[Dict[str, Any]]:
     """Accuracy, FLOPs and params of each depth configuration (None = full network).
 
-    With `bn_recalib > 0` each configuration gets BN statistics re-estimated on that many training images;
-    the model's own statistics are restored afterwards.
+    With `bn_recalib > 0` each configuration gets BN statistics re-estimated on that many training images (fewer
+    when `recalib_loader` has fewer: each row's `bn_images` is the number used); the model's own statistics are
+    restored afterwards.
     """
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     saved = {k: v.clone() for k, v in model.state_dict().items()} if bn_recalib and has_bn else None
@@ -201,13 +202,14 @@ def evaluate_depths(
     try:
         for depths in wanted:
             t0 = time.time()
+            bn_images = 0
             if saved is not None and recalib_loader is not None:
-                recalibrate_bn(model, iter(recalib_loader), bn_recalib, depths=depths)
+                bn_images = recalibrate_bn(model, iter(recalib_loader), bn_recalib, depths=depths)
             with subnetwork(model, depths):
                 metrics = _evaluate(model, loader, device, amp_autocast, channels_last)
             prof = profiles[depths]
             row = dict(depths=list(depths), full=depths == full, flops=prof['flops'], params=prof['params'],
-                       flops_share=prof['flops_share'], **metrics)
+                       flops_share=prof['flops_share'], bn_images=bn_images, **metrics)
             results.append(row)
             _logger.info(f'depths {depths}: top1 {metrics["top1"]:.2f}  top5 {metrics["top5"]:.2f}  '
                          f'{prof["flops"] / 1e6:.1f} MFLOPs ({100 * prof["flops_share"]:.0f}%)  '
@@ -261,6 +263,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         raise SystemExit(2)
 
 
+def _bn_images(args, recalib_loader) -> int:
+    """Training images BN re-estimation will use: `--bn-recalib`, or all of the split when it has fewer."""
+    if recalib_loader is None:
+        return 0
+    available = len(recalib_loader.dataset)
+    if available < args.bn_recalib:
+        _logger.warning(f'--bn-recalib {args.bn_recalib}: split {args.train_split!r} has only {available} images; '
+                        f'BN is re-estimated on all {available}.')
+    return min(args.bn_recalib, available)
+
+
 def _run(args, argv) -> Dict[str, Any]:
     device = torch.device(args.device)
     in_chans = args.input_size[0] if args.input_size else (args.in_chans or 3)
@@ -283,17 +296,18 @@ def _run(args, argv) -> Dict[str, Any]:
     # training images in seeded random order; recalibrate_bn stops after --bn-recalib of them
     recalib = _loader(args, data_config, args.train_split, None, True, device, augment=args.bn_recalib_aug) \
         if args.bn_recalib else None
+    bn_images = _bn_images(args, recalib)
     if args.robustness:
         configs = _sweep_configs(model, args.robustness, args.robustness_samples, args.robustness_max, args.seed)
     else:
         configs = [args.depths]
     _logger.info(f'Evaluating {len(configs)} configuration(s) of {args.model}'
-                 f'{f", BN re-estimated on {args.bn_recalib} training images each" if args.bn_recalib else ""}.')
+                 f'{f", BN re-estimated on {bn_images} training images each" if bn_images else ""}.')
     rows = evaluate_depths(model, configs, loader, recalib, args.bn_recalib, device, amp_autocast,
                            args.channels_last, data_config['input_size'])
     result = dict(model=args.model, checkpoint=args.checkpoint or None, pretrained=args.pretrained,
                   split=args.split, num_images=len(getattr(loader, 'dataset', [])) if hasattr(loader, 'dataset')
-                  else None, bn_recalib=args.bn_recalib, input_size=list(data_config['input_size']),
+                  else None, bn_recalib=bn_images, input_size=list(data_config['input_size']),
                   command=' '.join(['timm-stim-validate'] + list(sys.argv[1:] if argv is None else argv)),
                   results=rows)
     if args.robustness:
@@ -302,7 +316,7 @@ def _run(args, argv) -> Dict[str, Any]:
         with open(out_json, 'w') as f:
             json.dump(result, f, indent=2)
         png = plot_robustness(rows, os.path.splitext(out_json)[0] + '.png',
-                              f'{args.model}: depth robustness (BN re-est. {args.bn_recalib} imgs)')
+                              f'{args.model}: depth robustness (BN re-est. {bn_images} imgs)')
         result['json'], result['png'] = out_json, png
         _logger.info(f'Wrote {out_json}' + (f' and {png}' if png else ''))
     elif args.results_file:

@@ -267,7 +267,11 @@ class CifarResNet(nn.Module):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Features of the stem and the three stages (timm's intermediates API; indices as in feature_info)."""
+        """Features of the stem and the three stages (timm's intermediates API; indices as in feature_info).
+
+        As timm's ResNet, the stage outputs are returned as they are; `norm=True` applies the final BN-ReLU of the
+        pre-activation nets to the last one. The returned final map is normalised when the last stage ran.
+        """
         if output_fmt != 'NCHW':
             raise ValueError(f'output_fmt={output_fmt!r}: only NCHW is supported.')
         take_indices, max_index = feature_take_indices(4, indices)
@@ -275,19 +279,37 @@ class CifarResNet(nn.Module):
         x = self.act1(self.bn1(self.conv1(x)))
         if 0 in take_indices:
             intermediates.append(x)
-        layers = [self.layer1, self.layer2, self.layer3]
-        for i, layer in enumerate(layers[:max_index] if stop_early else layers):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(layer, x)
-            else:
-                x = layer(x)
-            if i == 2:  # the last feature is taken after the final norm (pre-activation nets)
-                x = self.act(self.norm(x))
-            if i + 1 in take_indices:
-                intermediates.append(x)
+        names = ('layer1', 'layer2', 'layer3')[:max_index] if stop_early else ('layer1', 'layer2', 'layer3')
+        feat_idx = 0
+        for feat_idx, name in enumerate(names, 1):
+            layer = getattr(self, name)
+            x = checkpoint_seq(layer, x) if self.grad_checkpointing and not torch.jit.is_scripting() else layer(x)
+            if feat_idx in take_indices:
+                intermediates.append(self.act(self.norm(x)) if norm and feat_idx == 3 else x)
         if intermediates_only:
             return intermediates
+        if feat_idx == 3:
+            x = self.act(self.norm(x))
         return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Remove the stages (and final norm, head) that the intermediates at `indices` do not need (timm's API)."""
+        take_indices, max_index = feature_take_indices(4, indices)
+        for name in ('layer1', 'layer2', 'layer3')[max_index:]:
+            setattr(self, name, nn.Sequential())  # empty, as timm's ResNet: forward passes straight through
+        prune_end = max_index < 3
+        if prune_norm or prune_end:  # the final BN-ReLU (pre-activation nets) follows the last stage
+            self.norm, self.act = nn.Identity(), nn.Identity()
+        if prune_end:  # the features now end at the last kept tap; the head sized for the final ones goes too
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
@@ -302,9 +324,9 @@ class CifarResNet(nn.Module):
 
 @register_adapter(CifarResNet, 'CifarResNet')
 def _cifar_stages(model: CifarResNet) -> List[Stage]:
-    """Stages layer1..layer3; a block is droppable when its shortcut is the identity."""
-    return [_stage(n, getattr(model, n), [b.downsample is None for b in getattr(model, n)])
-            for n in ('layer1', 'layer2', 'layer3')]
+    """Stages layer1..layer3 (those not pruned away); a block is droppable when its shortcut is the identity."""
+    layers = [(n, getattr(model, n)) for n in ('layer1', 'layer2', 'layer3')]
+    return [_stage(n, layer, [b.downsample is None for b in layer]) for n, layer in layers if len(layer)]
 
 
 def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:

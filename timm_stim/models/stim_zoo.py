@@ -11,20 +11,26 @@ lists exactly the manifest's tags.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+import dataclasses
+from typing import Any, Dict, List
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import generate_default_cfgs, model_entrypoint, register_model
+from timm.models import FeatureDictNet, FeatureHookNet, FeatureListNet, generate_default_cfgs, model_entrypoint, \
+    register_model
 from timm.models._builder import resolve_pretrained_cfg
-from timm.models.mobilenetv3 import MobileNetV3
+from timm.models.mobilenetv3 import MobileNetV3, MobileNetV3Features
 from timm.models.resnet import ResNet
 
-from ..elastic import ElasticDepthMixin
+from ..depth import _ADAPTERS, Stage, _resnet_block_is_residual, _stage, find_stages, register_adapter
+from ..elastic import ElasticDepthMixin, ElasticFeaturesMixin
 from .cifar_resnet import CIFAR_ARCHS, CifarResNet, cifar_cfg
 from .weights import resolve_pretrained_cfg as resolve_weights, tagged_default_cfgs
 
-__all__ = ['ResNetStim', 'MobileNetV3Stim', 'CifarResNetStim', 'STIM_BASES']
+__all__ = [
+    'ResNetStim', 'MobileNetV3Stim', 'CifarResNetStim', 'FeatureListNetStim', 'FeatureDictNetStim',
+    'FeatureHookNetStim', 'MobileNetV3FeaturesStim', 'STIM_BASES',
+]
 
 
 class ResNetStim(ElasticDepthMixin, ResNet):
@@ -39,7 +45,46 @@ class CifarResNetStim(ElasticDepthMixin, CifarResNet):
     """`CifarResNet` with elastic depth (same state dict as `CifarResNet`)."""
 
 
-_STIM_CLASSES = {ResNet: ResNetStim, MobileNetV3: MobileNetV3Stim, CifarResNet: CifarResNetStim}
+# `features_only=True` wrappers keep elastic depth: they share the model's stage containers
+class FeatureListNetStim(ElasticFeaturesMixin, FeatureListNet):
+    """timm `FeatureListNet` of a `*_stim` ResNet / CIFAR ResNet, with elastic depth."""
+
+
+class FeatureDictNetStim(ElasticFeaturesMixin, FeatureDictNet):
+    """timm `FeatureDictNet` (`feature_cls='dict'`) of a `*_stim` ResNet / CIFAR ResNet, with elastic depth."""
+
+
+class FeatureHookNetStim(ElasticFeaturesMixin, FeatureHookNet):
+    """timm `FeatureHookNet` (`feature_cls='hook'`) of a `*_stim` model, with elastic depth."""
+
+
+class MobileNetV3FeaturesStim(ElasticFeaturesMixin, MobileNetV3Features):
+    """timm `MobileNetV3Features` (MobileNetV3 `features_only=True`) with elastic depth."""
+
+
+@register_adapter(FeatureDictNet, 'ResNet/WideResNet')
+def _feature_dict_stages(model: FeatureDictNet) -> List[Stage]:
+    """ResNet-layout stages (`layer1`, ...) that a FeatureDictNet / FeatureListNet kept (others were truncated)."""
+    names = [n for n in model.keys() if n.startswith('layer') and n[5:].isdigit() and len(model[n])]
+    if not names:
+        raise TypeError(f'{type(model).__name__} holds no ResNet-layout stage (layer1, ...): elastic depth on a '
+                        f'features_only model needs the ResNet / CIFAR ResNet families or a later out_index.')
+    return [_stage(n, model[n], [_resnet_block_is_residual(b) for b in model[n]]) for n in names]
+
+
+@register_adapter(FeatureHookNet, 'ResNet/WideResNet')
+def _feature_hook_stages(model: FeatureHookNet) -> List[Stage]:
+    """The stages of the wrapped model (`body`), named from the wrapper."""
+    return [dataclasses.replace(s, name=f'body.{s.name}') for s in find_stages(model['body'])]
+
+
+register_adapter(MobileNetV3Features, 'MobileNetV3')(_ADAPTERS[MobileNetV3][1])  # same `blocks` stages
+
+_STIM_CLASSES = {
+    ResNet: ResNetStim, MobileNetV3: MobileNetV3Stim, CifarResNet: CifarResNetStim,
+    FeatureListNet: FeatureListNetStim, FeatureDictNet: FeatureDictNetStim, FeatureHookNet: FeatureHookNetStim,
+    MobileNetV3Features: MobileNetV3FeaturesStim,
+}
 
 _STPP = dict(
     paper_ids='arXiv:2305.02507',
@@ -88,7 +133,7 @@ def _create_stim(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
         cfg = resolve_weights(cfg)  # verified local file or Hub copy, as `file=` for timm's load_pretrained
     model = model_entrypoint(STIM_BASES[variant])(pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
     stim_cls = _STIM_CLASSES.get(type(model))
-    if stim_cls is not None:  # features_only wrappers stay timm's (full network)
+    if stim_cls is not None:  # also the features_only wrappers (fx / getter ones stay timm's, full network)
         model.__class__ = stim_cls
     return model
 
