@@ -59,14 +59,14 @@ def test_ema_bn_statistics_are_a_fresh_reestimation(ema_run):
     import timm
     from timm.data import resolve_data_config
     from timm_stim.depth import recalibrate_bn
-    from timm_stim.train import _build_data, _recalib_batches
+    from timm_stim.loaders import create_train_loaders, recalib_batches
     ckpt = _load(ema_run / 'last.pth.tar')
     args = ckpt['args']
     ema = timm.create_model('cifar_resnet20')
     ema.load_state_dict(ckpt['state_dict_ema'])
     stored = _bn_buffers(ckpt['state_dict_ema'])
-    recalib = _build_data(args, resolve_data_config(vars(args), model=ema), torch.device('cpu'), None)[2]
-    assert recalibrate_bn(ema, _recalib_batches(recalib, 0, args), 64) == 64
+    recalib = create_train_loaders(args, resolve_data_config(vars(args), model=ema), torch.device('cpu')).recalib
+    assert recalibrate_bn(ema, recalib_batches(recalib, 0), 64) == 64
     fresh = _bn_buffers(ema.state_dict())
     for k in stored:
         torch.testing.assert_close(stored[k], fresh[k], rtol=1e-5, atol=1e-6, msg=k)
@@ -74,7 +74,7 @@ def test_ema_bn_statistics_are_a_fresh_reestimation(ema_run):
     model = timm.create_model('cifar_resnet20')
     model.load_state_dict(ckpt['state_dict'])
     trained = _bn_buffers(ckpt['state_dict'])
-    recalibrate_bn(model, _recalib_batches(recalib, 0, args), 64)
+    recalibrate_bn(model, recalib_batches(recalib, 0), 64)
     for k, v in _bn_buffers(model.state_dict()).items():
         torch.testing.assert_close(trained[k], v, rtol=1e-5, atol=1e-6, msg=k)
 

@@ -39,7 +39,8 @@ from .models import CIFAR_ARCHS, STIM_BASES
 from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, load_checkpoint_state_dict,
                              weights_dir, write_weights)
 from .train import _non_negative_int, _positive_int, build_parser as train_parser
-from .validate import _loader, _sweep_configs, evaluate_depths
+from .loaders import create_split_loader
+from .validate import _sweep_configs, evaluate_depths
 from .version import source_commit
 
 __all__ = ['build_parser', 'main', 'release', 'ReleaseError', 'train_command']
@@ -169,7 +170,7 @@ def train_command(args: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------ evaluation
 def _data_args(opts: argparse.Namespace, args: Dict[str, Any]) -> argparse.Namespace:
-    """What `timm_stim.validate._loader` needs, from the run's arguments and the release flags."""
+    """What `timm_stim.loaders.create_split_loader` needs, from the run's arguments and the release flags."""
     return argparse.Namespace(
         data_dir=opts.data_dir or args.get('data_dir'), dataset=args.get('dataset', ''),
         dataset_download=False, fast_data=args.get('fast_data'), data_cache_dir=args.get('data_cache_dir'),
@@ -201,8 +202,8 @@ def _robustness(model, opts, data_args, data_config, loader, device, train_split
         return []
     configs = _sweep_configs(model, opts.robustness, opts.robustness_samples, opts.robustness_max,
                              data_args.seed)
-    recalib = _loader(data_args, data_config, train_split, opts.bn_recalib, True, device) if opts.bn_recalib \
-        else None
+    recalib = create_split_loader(data_args, data_config, train_split, opts.bn_recalib, True, device) \
+        if opts.bn_recalib else None
     rows = evaluate_depths(model, configs, loader, recalib, opts.bn_recalib, device,
                            input_size=data_config['input_size'])
     keep = ('depths', 'full', 'top1', 'top5', 'flops', 'params', 'flops_share')
@@ -278,7 +279,7 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     split = opts.split or args.get('val_split') or 'validation'
     subset = opts.val_subset or args.get('val_subset')
     try:
-        loader = _loader(data_args, data_config, split, subset, False, device)
+        loader = create_split_loader(data_args, data_config, split, subset, False, device)
     except (FileNotFoundError, ValueError) as e:
         raise ReleaseError(f'cannot read the validation data: {e}') from e
     full = _top1(model, loader, device)

@@ -29,15 +29,15 @@ import torch
 import torch.nn as nn
 
 from timm import utils
-from timm.data import create_dataset, create_loader, resolve_data_config
+from timm.data import resolve_data_config
 from timm.models import create_model, load_checkpoint
-from timm.task import ClassificationEvaluator
 
 import timm_stim  # noqa: F401  (registers the *_stim models)
-from .data import (TensorLoader, TransformSubset, dataset_targets, fit_channels, fits_fast_path, load_image_tensors,
-                   subset_indices)
+from .data import fit_channels
 from .depth import check_depths, find_stages, full_depths, recalibrate_bn, subnetwork, valid_depths
 from .elastic import depth_profile
+from .evaluation import evaluate
+from .loaders import check_data_dir, create_split_loader
 from .train import _non_negative_int, _positive_int
 
 __all__ = ['build_parser', 'main', 'evaluate_depths', 'plot_robustness', 'parse_depths']
@@ -124,58 +124,6 @@ def _parse_args(argv):
     return args
 
 
-# -------------------------------------------------------------------------------------------------- data
-def _loader(args, data_config, split: str, subset: Optional[int], shuffle: bool, device, augment: bool = False):
-    """Batches of `split` (eval transform, or the training one with `augment`): the tensor path for small images,
-    else timm's loader."""
-    if args.data_dir is None and not args.dataset.lower().endswith(('fashion-mnist', 'fashion_mnist', 'fmnist')):
-        raise FileNotFoundError('no data directory: pass --data-dir DIR (e.g. --data-dir ../shared/data/cifar10).')
-    if args.data_dir is not None and not args.dataset_download and not os.path.isdir(args.data_dir):
-        raise FileNotFoundError(f'data directory {args.data_dir} does not exist: pass --data-dir pointing at a '
-                                f'folder with train/ and val/ class folders.')
-    if args.fast_data is not False:
-        try:
-            data = load_image_tensors(args.dataset, args.data_dir, split, subset, args.dataset_download,
-                                      args.data_cache_dir, args.class_map)
-            if fits_fast_path(data):
-                return TensorLoader(data, min(args.batch_size, len(data)), augment, data_config['mean'],
-                                    data_config['std'], input_size=data_config['input_size'], seed=args.seed,
-                                    device=device, channels_last=args.channels_last, shuffle=shuffle,
-                                    crop_pct=data_config['crop_pct'])
-            if args.fast_data:
-                raise ValueError('images larger than 64 px: use --no-fast-data.')
-        except (TypeError, ValueError):
-            if args.fast_data:
-                raise
-    ds = create_dataset(args.dataset, root=args.data_dir, split=split, is_training=augment,
-                        class_map=args.class_map, download=args.dataset_download)
-    idx = subset_indices(dataset_targets(ds), subset) if subset else list(range(len(ds)))
-    if shuffle:
-        g = torch.Generator().manual_seed(args.seed)
-        idx = [idx[i] for i in torch.randperm(len(idx), generator=g).tolist()]
-    if subset or shuffle:
-        ds = TransformSubset(ds, idx)
-    return create_loader(ds, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=augment,
-                         interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
-                         num_workers=args.workers, crop_pct=data_config['crop_pct'], device=device,
-                         use_prefetcher=False, persistent_workers=False)
-
-
-# ------------------------------------------------------------------------------------------------- eval
-@torch.no_grad()
-def _evaluate(model: nn.Module, loader, device, amp_autocast, channels_last: bool) -> Dict[str, float]:
-    model.eval()
-    evaluator = ClassificationEvaluator(device=device)
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with amp_autocast():
-            out = model(x)
-        evaluator.update(out[0] if isinstance(out, (tuple, list)) else out, y)
-    return dict(evaluator.compute())
-
-
 def evaluate_depths(
         model: nn.Module,
         configs: Sequence[Optional[Sequence[int]]],
@@ -206,7 +154,7 @@ def evaluate_depths(
             if saved is not None and recalib_loader is not None:
                 bn_images = recalibrate_bn(model, iter(recalib_loader), bn_recalib, depths=depths)
             with subnetwork(model, depths):
-                metrics = _evaluate(model, loader, device, amp_autocast, channels_last)
+                metrics = dict(evaluate(model, loader, device, amp_autocast, channels_last))
             prof = profiles[depths]
             row = dict(depths=list(depths), full=depths == full, flops=prof['flops'], params=prof['params'],
                        flops_share=prof['flops_share'], bn_images=bn_images, **metrics)
@@ -276,6 +224,7 @@ def _bn_images(args, recalib_loader) -> int:
 
 def _run(args, argv) -> Dict[str, Any]:
     device = torch.device(args.device)
+    check_data_dir(args)  # before the model is built
     in_chans = args.input_size[0] if args.input_size else (args.in_chans or 3)
     model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, in_chans=in_chans,
                          **args.model_kwargs)
@@ -292,10 +241,10 @@ def _run(args, argv) -> Dict[str, Any]:
         amp_autocast = partial(torch.autocast, device_type=device.type,
                                dtype=torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16)
 
-    loader = _loader(args, data_config, args.split, args.val_subset, False, device)
+    loader = create_split_loader(args, data_config, args.split, args.val_subset, False, device)
     # training images in seeded random order; recalibrate_bn stops after --bn-recalib of them
-    recalib = _loader(args, data_config, args.train_split, None, True, device, augment=args.bn_recalib_aug) \
-        if args.bn_recalib else None
+    recalib = create_split_loader(args, data_config, args.train_split, None, True, device,
+                                  augment=args.bn_recalib_aug) if args.bn_recalib else None
     bn_images = _bn_images(args, recalib)
     if args.robustness:
         configs = _sweep_configs(model, args.robustness, args.robustness_samples, args.robustness_max, args.seed)

@@ -1,0 +1,78 @@
+"""The run directory's records: `args.yaml` (flags, the literal command, the code's commit), timm's `summary.csv`
+(trimmed on resume) and a PNG of the training curves."""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+from typing import Optional, Sequence
+
+import torch
+import yaml
+
+from .version import source_commit
+
+__all__ = ['write_args_yaml', 'truncate_summary', 'plot_curves']
+
+_logger = logging.getLogger('train')
+
+
+def write_args_yaml(output_dir: str, args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Every flag's value, plus the literal command and the code's commit (what `timm-stim-release` reads)."""
+    with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
+        yaml.safe_dump({**{k: v for k, v in vars(args).items() if not isinstance(v, torch.device)},
+                        'command': ' '.join(['timm-stim-train'] + list(argv)), 'git_commit': source_commit()}, f)
+
+
+def plot_curves(summary_csv: str, out_png: str) -> Optional[str]:
+    """PNG of loss (train total / main / KL, eval) and eval accuracy per epoch, from timm's summary.csv."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _logger.warning('matplotlib is not installed: no training curves (pip install matplotlib).')
+        return None
+    with open(summary_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    epochs = [int(r['epoch']) for r in rows]
+
+    def col(name):
+        return [float(r[name]) for r in rows] if name in rows[0] and rows[0][name] not in ('', None) else None
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, style in (('train_loss', '-'), ('train_loss_main', '--'), ('train_loss_kl', ':'), ('eval_loss', '-')):
+        v = col(name)
+        if v is not None:
+            ax1.plot(epochs, v, style, marker='o', ms=3, label=name)
+    ax1.set_xlabel('epoch'), ax1.set_ylabel('loss'), ax1.legend(), ax1.grid(alpha=.3)
+    for name in ('eval_top1', 'eval_top5'):
+        v = col(name)
+        if v is not None:
+            ax2.plot(epochs, v, marker='o', ms=3, label=name)
+    ax2.set_xlabel('epoch'), ax2.set_ylabel('accuracy (%)'), ax2.grid(alpha=.3)
+    if ax2.lines:
+        ax2.legend()
+    fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(summary_csv))))
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def truncate_summary(path: str, start_epoch: int) -> None:
+    """On resume, drop summary rows of epochs that will be trained again."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        return
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < start_epoch]
+    tmp = path + '.tmp'
+    with open(tmp, 'w', newline='') as f:
+        csv.writer(f).writerows(keep)
+    os.replace(tmp, path)
