@@ -568,9 +568,11 @@ def build_run(args: argparse.Namespace) -> RunState:
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric=eval_metric == 'loss'),
         updates_per_epoch=updates_per_epoch)
-    state = RunState(args, device, task, eval_model, optimizer, loaders, amp_autocast, loss_scaler, lr_scheduler,
-                     num_epochs, updates_per_epoch, eval_metric, last_checkpoint=resume_path,
-                     progress=restore_progress(ckpt, args, lr_scheduler, updates_per_epoch))
+    state = RunState(args=args, device=device, task=task, model=eval_model, optimizer=optimizer, loaders=loaders,
+                     amp_autocast=amp_autocast, loss_scaler=loss_scaler, lr_scheduler=lr_scheduler,
+                     num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, eval_metric=eval_metric,
+                     progress=restore_progress(ckpt, args, lr_scheduler, updates_per_epoch),
+                     last_checkpoint=resume_path)
     _open_output(state, data_config, ckpt, resume_path)
     if ckpt is not None:
         restore_rng(ckpt, args, state.progress.epoch)
