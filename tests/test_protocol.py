@@ -88,6 +88,15 @@ def test_validate_use_ema_reestimates_bn(ema_run):
     assert res['bn_recalib'] == 64 and 0 <= res['results'][0]['top1'] <= 100
 
 
+def test_recipe_file_sets_the_recommended_recipe_and_no_amp_overrides_it():
+    from timm_stim.train import _parse_args
+    recipe = str(REPO / 'benchmarks' / 'recipes' / 'cifar10.yaml')
+    args = _parse_args(['-c', recipe])
+    assert args.amp and args.amp_dtype == 'bfloat16' and not args.filter_bias_and_bn
+    assert args.model_kwargs == {'zero_init_last': False} and args.sched_on_updates and args.stim_bn_recalib_aug
+    assert not _parse_args(['-c', recipe, '--no-amp']).amp  # MobileNetV3 trains faster in float32 here
+
+
 def test_bn_reestimation_is_the_default_for_every_mode():
     from timm_stim.train import _parse_args
     for mode in ('off', 'st', 'stpp'):

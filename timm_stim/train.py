@@ -146,7 +146,8 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     """timm train.py's device parameters."""
     g = parser.add_argument_group('Device parameters')
     g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    g.add_argument('--amp', action='store_true')
+    g.add_argument('--amp', action=argparse.BooleanOptionalAction, default=False,
+                   help='mixed precision (autocast with --amp-dtype); --no-amp overrides a config file that sets it')
     g.add_argument('--amp-dtype', default='float16', choices=('float16', 'bfloat16'))
     g.add_argument('--no-ddp-bb', action='store_true', help='no DDP buffer broadcast')
     g.add_argument('--local_rank', '--local-rank', default=0, type=int)
