@@ -112,7 +112,8 @@ def collect(args) -> None:
         top1 = [float(r['eval_top1']) for r in rows]
         done = len(rows) == epochs
         runs.append(dict(
-            run=d.name, arm=arm, model=model, seed=seed, epochs=epochs, epochs_done=len(rows), finished=done,
+            run=d.name, arm=arm, model=model, dataset='cifar10', seed=seed, epochs=epochs, epochs_done=len(rows),
+            finished=done, top1=top1[-1] if done else None,  # what the model cards average: finished runs only
             command=(d / 'command.txt').read_text().strip() if (d / 'command.txt').exists() else None,
             stim={k: v for k, v in a.items() if k.startswith('stim_')},
             top1_final=top1[-1], top1_best=max(top1), curve_top1=top1,

@@ -10,7 +10,7 @@ per-depth accuracy / FLOPs table and plot, the training command, ST++-versus-bas
 
 ST++-versus-baseline numbers come from any results JSON with a `runs` list, one item per finished training run:
 `{"model": "cifar_resnet20", "dataset": "cifar10", "arm": "off" | "stpp" | ..., "seed": 0, "epochs": 30,
-"top1": 91.2}` (`arm` "off" is the baseline; the `_stim` suffix of `model` is ignored). A card lists, per arm,
+"top1": 91.2}` (`arm` "off" or "baseline" is the baseline; the `_stim` suffix of `model` is ignored). A card lists, per arm,
 mean, sample standard deviation, min-max and the number of seeds, for runs of the tag's architecture, dataset and
 (when its `train_args` record them) epochs.
 """
@@ -92,6 +92,9 @@ def load_results(results_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
         if isinstance(data, dict) and isinstance(data.get('runs'), list):
             runs += [dict(run, results_file=path.name) for run in data['runs'] if isinstance(run, dict)]
     return runs
+
+
+BASELINE_ARMS = ('off', 'baseline')  # the arm names a results file may give the plain baseline
 
 
 def _base(model: str) -> str:
@@ -240,14 +243,15 @@ def comparison(entry: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
                 '`benchmarks/results/` yet, so this card claims no gain over a baseline.\n')
     rows = ['| arm | top-1 mean (%) | sd | min-max | seeds |', '|---|---|---|---|---|']
     for arm, st in stats.items():
-        rows.append(f'| {arm}{" (baseline)" if arm == "off" else ""} | {st["mean"]:.2f} | {st["sd"]:.2f} | '
+        rows.append(f'| {arm}{" (baseline)" if arm in BASELINE_ARMS else ""} | {st["mean"]:.2f} | {st["sd"]:.2f} | '
                     f'{st["min"]:.2f}-{st["max"]:.2f} | {st["n"]} |')
     text = '\n'.join(rows) + '\n'
-    if 'off' in stats:
+    base = next((stats[a] for a in BASELINE_ARMS if a in stats), None)
+    if base is not None:
         for arm, st in stats.items():
-            if arm != 'off':
-                text += (f'\n{arm} minus baseline: {st["mean"] - stats["off"]["mean"]:+.2f} pt (seed sd '
-                         f'{st["sd"]:.2f} vs {stats["off"]["sd"]:.2f}).')
+            if arm not in BASELINE_ARMS:
+                text += (f'\n{arm} minus baseline: {st["mean"] - base["mean"]:+.2f} pt (seed sd '
+                         f'{st["sd"]:.2f} vs {base["sd"]:.2f}).')
     files = sorted({f for st in stats.values() for f in st['files']})
     return text + f'\n\nSource: `benchmarks/results/{"`, `".join(files)}`.\n'
 
