@@ -8,6 +8,7 @@ run checkpoints each epoch and every 100 steps, so `run` on an existing director
     python benchmarks/cifar10.py run baseline --model cifar_resnet20 --seed 0      # launch or resume (1 thread)
     python benchmarks/cifar10.py status                                            # where each run stands
     python benchmarks/cifar10.py collect                                           # -> benchmarks/results/cifar10.json
+    python benchmarks/cifar10.py stash       # unfinished runs' newest checkpoints -> benchmarks/checkpoints/ (commit)
 
 `collect` reads each run's summary.csv / args.yaml and, for finished runs, the robustness sweep written by
 `timm-stim-validate --robustness` (BN re-estimated per configuration), which it runs once per finished run.
@@ -59,9 +60,51 @@ def train_command(model: str, arm: str, seed: int, epochs: int, run_dir: Path) -
             '--output', str(run_dir.parent), '--experiment', run_dir.name]
 
 
+STASH = ROOT / 'benchmarks' / 'checkpoints'  # committed resume points of unfinished runs (small models only)
+STASH_FILES = ('args.yaml', 'summary.csv', 'command.txt', 'train.log')
+
+
+def stash(args) -> None:
+    """Copy each unfinished run's newest resumable checkpoint (and its logs) into benchmarks/checkpoints/, to be
+    committed: the next session resumes from there even on a machine without the run directory."""
+    import shutil
+    sys.path.insert(0, str(ROOT))
+    from timm_stim.checkpoint import find_resume_checkpoint
+    for d in sorted(_runs_dir(args).glob('*')):
+        rows = _summary(d)
+        if not (d / 'args.yaml').exists() or (rows and len(rows) == int(_args(d)['epochs'])):
+            continue
+        try:
+            ckpt = Path(find_resume_checkpoint(str(d)))
+        except FileNotFoundError:
+            continue
+        out = STASH / d.name
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        shutil.copy2(ckpt, out / ckpt.name)
+        for name in STASH_FILES:
+            if (d / name).exists():
+                shutil.copy2(d / name, out / name)
+        print(f'stashed {d.name}: {ckpt.name} ({ckpt.stat().st_size / 1e6:.1f} MB)')
+
+
+def _args(run_dir: Path) -> Dict[str, Any]:
+    import yaml
+    return yaml.safe_load(open(run_dir / 'args.yaml'))
+
+
+def _restore(run_dir: Path) -> None:
+    """A run directory that is missing here but stashed in the repository is copied back before resuming."""
+    import shutil
+    if not run_dir.exists() and (STASH / run_dir.name).is_dir():
+        shutil.copytree(STASH / run_dir.name, run_dir)
+        print(f'restored {run_dir} from {STASH / run_dir.name}')
+
+
 def run(args) -> None:
     """Launch the run, or resume it from its newest checkpoint; blocks until it ends (use nohup / & for more)."""
     run_dir = _runs_dir(args) / _name(args.model, args.arm, args.seed, args.epochs)
+    _restore(run_dir)
     cmd = train_command(args.model, args.arm, args.seed, args.epochs, run_dir)
     if (run_dir / 'last.pth.tar').exists() or list(run_dir.glob('recovery-*.pth.tar')):
         cmd += ['--resume', str(run_dir)]
@@ -137,10 +180,11 @@ def main(argv=None) -> None:
     r.add_argument('--epochs', type=int, default=30)
     r.add_argument('--threads', type=int, default=1)
     sub.add_parser('status', help='epochs done and last top-1 of every run')
+    sub.add_parser('stash', help='copy unfinished runs\' newest checkpoints into benchmarks/checkpoints/ (commit them)')
     c = sub.add_parser('collect', help='write benchmarks/results/cifar10.json')
     c.add_argument('--no-robustness', action='store_true')
     args = p.parse_args(argv)
-    {'run': run, 'status': status, 'collect': collect}[args.cmd](args)
+    {'run': run, 'status': status, 'collect': collect, 'stash': stash}[args.cmd](args)
 
 
 if __name__ == '__main__':
