@@ -92,6 +92,7 @@ def test_unsupported_family_is_refused_before_building(tmp_path, capsys, no_mode
     assert 'VGG is not a supported residual network' in err and '--stim-mode off' in err
 
 
+@needs_cifar
 def test_read_only_output_directory_is_refused(tmp_path, capsys, monkeypatch, no_model_build):
     ro = tmp_path / 'ro'
     ro.mkdir()
@@ -99,10 +100,10 @@ def test_read_only_output_directory_is_refused(tmp_path, capsys, monkeypatch, no
     real_access = os.access
     if os.geteuid() == 0:  # root writes through mode bits: make the folder read-only as a read-only mount would
         monkeypatch.setattr(os, 'access', lambda p, m: False if Path(p) == ro else real_access(p, m))
-    err = _error(['--data-dir', str(tmp_path), '--model', 'cifar_resnet20', '--output', str(ro / 'runs')], capsys)
+    err = _error(['--data-dir', str(CIFAR), '--model', 'cifar_resnet20', '--output', str(ro / 'runs')], capsys)
     assert f'{ro} is read-only' in err and '--output' in err
     (tmp_path / 'file').write_text('x')
-    err = _error(['--data-dir', str(tmp_path), '--model', 'cifar_resnet20', '--output', str(tmp_path / 'file' / 'runs')],
+    err = _error(['--data-dir', str(CIFAR), '--model', 'cifar_resnet20', '--output', str(tmp_path / 'file' / 'runs')],
                  capsys)
     assert f'{tmp_path / "file"} is not a directory' in err
 
@@ -188,3 +189,15 @@ def test_checkpoint_of_the_pre_reshape_code_resumes_bit_identically(tmp_path):
         for key in ('state_dict', 'state_dict_ema'):
             for k in ref[key]:
                 assert torch.equal(got[key][k], ref[key][k]), (name, key, k)
+
+
+@needs_cifar
+def test_output_that_cannot_be_created_is_refused(capsys, no_model_build):
+    """Root passes os.access everywhere; a folder under /proc still cannot be made: one line, before any work."""
+    from timm_stim.train import main
+    if not os.path.isdir('/proc/self'):
+        pytest.skip('no /proc here')
+    with pytest.raises(SystemExit) as e:
+        main(['--data-dir', str(CIFAR), '--model', 'cifar_resnet20', '--output', '/proc/timm_stim_out'])
+    assert e.value.code == 2
+    assert '--output /proc/timm_stim_out: cannot create it' in capsys.readouterr().err

@@ -356,9 +356,9 @@ def check_before_building(args: argparse.Namespace) -> None:
     """What can be refused before the model is built and the data decoded: the model name and family, the output
     and data directories (`ValueError` / `FileNotFoundError`, one line each)."""
     _check_model(args)
-    if utils.is_primary(args):
-        _check_output_dir(args.output or './output/train')
     check_data_dir(args)
+    if utils.is_primary(args):  # last: it creates the (empty) output folder
+        _check_output_dir(args.output or './output/train')
 
 
 def _check_model(args: argparse.Namespace) -> None:
@@ -398,6 +398,11 @@ def _check_output_dir(path: str) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f'--output {path}: {probe} is read-only (cannot create the run directory there): pass '
                          f'--output pointing at a writable folder.')
+    try:  # root passes os.access everywhere; a pseudo file system (/proc, /sys) still refuses
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f'--output {path}: cannot create it ({e.strerror}): pass --output pointing at a writable '
+                         f'folder.') from e
 
 
 def _in_chans(args: argparse.Namespace) -> int:
