@@ -135,6 +135,10 @@ def logged_top1(run_dir: Optional[Path], meta: Dict[str, Any]) -> Optional[float
     return None
 
 
+# model arguments that only change the initialisation, not the architecture: a run that set them releases as is
+INIT_ONLY_KWARGS = ('zero_init_last',)
+
+
 def release_model_name(given: Optional[str], args: Dict[str, Any]) -> str:
     """The model to release into: as given, else the run's model (a timm name becomes its `_stim` name)."""
     name = given or args.get('model') or ''
@@ -202,7 +206,9 @@ def _robustness(model, opts, data_args, data_config, loader, device, train_split
         return []
     configs = _sweep_configs(model, opts.robustness, opts.robustness_samples, opts.robustness_max,
                              data_args.seed)
-    recalib = create_split_loader(data_args, data_config, train_split, opts.bn_recalib, True, device) \
+    # training-augmented images, as training re-estimates BN after every epoch (issue 7's protocol): un-augmented
+    # ones cost 2-4 points (benchmarks/results/parity.json); recalibrate_bn stops after --bn-recalib of them
+    recalib = create_split_loader(data_args, data_config, train_split, None, True, device, augment=True) \
         if opts.bn_recalib else None
     rows = evaluate_depths(model, configs, loader, recalib, opts.bn_recalib, device,
                            input_size=data_config['input_size'])
@@ -261,8 +267,9 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     meta = _load_meta(ckpt)
     args = run_args(run_dir, meta)
     model_name = release_model_name(opts.model, args)
-    if args.get('model_kwargs'):
-        raise ReleaseError(f'the run used --model-kwargs {args["model_kwargs"]}: a pretrained tag cannot carry '
+    arch_kwargs = {k: v for k, v in (args.get('model_kwargs') or {}).items() if k not in INIT_ONLY_KWARGS}
+    if arch_kwargs:
+        raise ReleaseError(f'the run used --model-kwargs {arch_kwargs}: a pretrained tag cannot carry '
                            f'model arguments; release runs of the plain architecture.')
     weights = _pick_weights(opts.weights, args)
     num_classes, in_chans = int(args.get('num_classes') or 1000), int(args.get('in_chans') or 3)
