@@ -42,7 +42,26 @@ ARMS: Dict[str, Any] = {
                       'ST++ over the st space, minimum input scale 0.75'),
     'stpp_amp2': (['--stim-mode', 'stpp', '--stim-subnets', '1', '--stim-space', 'st', '--stim-amplitude', '2'],
                   'ST++ over the st space, KL- amplitude 2'),
+    # Stage 4: what a user would pick instead, at the ST++ run's wall-clock (more epochs: --epochs).
+    'droppath005': (['--stim-mode', 'off', '--drop-path', '0.05'], "baseline with timm's stochastic depth 0.05"),
+    'droppath01': (['--stim-mode', 'off', '--drop-path', '0.1'], "baseline with timm's stochastic depth 0.1"),
 }
+# Stage 5: ST++ as a short fine-tune of the released stage-1 baseline (`ft_<arm>`, on top of <arm>'s flags).
+FINETUNE_FROM = {'cifar_resnet20_stim': 'weights/cifar_resnet20.e30_cifar10.safetensors'}
+FINETUNE_FLAGS = ['--lr', '0.01', '--warmup-epochs', '0']
+
+
+def arm_flags(arm: str, model: str) -> List[str]:
+    """The --stim-* (and stage-5 fine-tune) flags of an arm; `ft_<arm>` starts from the released baseline."""
+    if arm.startswith('ft_'):
+        if model not in FINETUNE_FROM:
+            raise SystemExit(f'{arm}: no released baseline to fine-tune for {model} (FINETUNE_FROM)')
+        return ARMS[arm[3:]][0] + ['--initial-checkpoint', FINETUNE_FROM[model]] + FINETUNE_FLAGS
+    return ARMS[arm][0]
+
+
+def arm_names() -> List[str]:
+    return list(ARMS) + ['ft_' + a for a in ARMS if a.startswith('stpp')]
 
 
 def _runs_dir(args) -> Path:
@@ -56,7 +75,7 @@ def _name(model: str, arm: str, seed: int, epochs: int) -> str:
 def train_command(model: str, arm: str, seed: int, epochs: int, run_dir: Path) -> List[str]:
     """The timm-stim-train command of one run (relative paths as a user in the repository root would type)."""
     return ['timm-stim-train', '-c', 'benchmarks/recipes/cifar10.yaml', '--data-dir', '../shared/data/cifar10',
-            '--model', model, '--seed', str(seed), '--epochs', str(epochs), *ARMS[arm][0],
+            '--model', model, '--seed', str(seed), '--epochs', str(epochs), *arm_flags(arm, model),
             '--output', str(run_dir.parent), '--experiment', run_dir.name]
 
 
@@ -107,6 +126,9 @@ def run(args) -> None:
     _restore(run_dir)
     cmd = train_command(args.model, args.arm, args.seed, args.epochs, run_dir)
     if (run_dir / 'last.pth.tar').exists() or list(run_dir.glob('recovery-*.pth.tar')):
+        if '--initial-checkpoint' in cmd:  # a resumed fine-tune restores its weights from the run directory
+            i = cmd.index('--initial-checkpoint')
+            del cmd[i:i + 2]
         cmd += ['--resume', str(run_dir)]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / 'command.txt').write_text(' '.join(train_command(args.model, args.arm, args.seed, args.epochs,
@@ -151,7 +173,7 @@ def collect(args) -> None:
             continue
         a = yaml.safe_load(open(d / 'args.yaml'))
         model, seed, epochs = a['model'], a['seed'], a['epochs']
-        arm = next((k for k in ARMS if d.name == _name(model, k, seed, epochs)), None)
+        arm = next((k for k in arm_names() if d.name == _name(model, k, seed, epochs)), None)
         top1 = [float(r['eval_top1']) for r in rows]
         done = len(rows) == epochs
         runs.append(dict(
@@ -161,12 +183,60 @@ def collect(args) -> None:
             stim={k: v for k, v in a.items() if k.startswith('stim_')},
             top1_final=top1[-1], top1_best=max(top1), curve_top1=top1,
             img_per_s=[round(float(r['train_img_per_s']), 1) for r in rows if r.get('train_img_per_s')],
+            train_hours=_train_hours(rows),
             robustness=_robustness(d, model) if done and not args.no_robustness else None))
     report = dict(recipe=RECIPE.read_text(), arms={k: v[1] for k, v in ARMS.items()}, commit=git_commit(),
                   machine=machine_info(threads=1), runs=runs,
                   command='python benchmarks/cifar10.py collect')
     OUT.write_text(json.dumps(report, indent=1))
     print(f'wrote {OUT} ({len(runs)} runs)')
+    plot(runs)
+
+
+TRAIN_IMAGES = 50_000
+
+
+def _train_hours(rows: List[Dict[str, str]]) -> float:
+    """Training wall-clock (one thread) implied by each epoch's logged img/s; evaluation and BN re-estimation excluded."""
+    return round(sum(TRAIN_IMAGES / float(r['train_img_per_s']) for r in rows
+                     if float(r.get('train_img_per_s') or 0) > 0) / 3600, 3)
+
+
+def plot(runs: List[Dict[str, Any]]) -> None:
+    """cifar10_curves.png (top-1 per epoch, one line per run) and cifar10_robustness.png (every depth
+    configuration's top-1 against its FLOPs, one colour per finished run, the full network ringed)."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print('matplotlib not installed: no plots')
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in runs:
+        ax.plot(range(1, len(r['curve_top1']) + 1), r['curve_top1'], label=r['run'], lw=1)
+    ax.set(xlabel='epoch', ylabel='top-1 (%)', title='CIFAR-10 validation top-1 per epoch', ylim=(40, 100))
+    ax.legend(fontsize=6)
+    ax.grid(alpha=.3)
+    fig.tight_layout()
+    fig.savefig(OUT.with_name('cifar10_curves.png'), dpi=120)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, model in zip(axes, ('cifar_resnet20', 'cifar_resnet56')):
+        for r in runs:
+            if not r['robustness'] or r['model'].replace('_stim', '') != model:
+                continue
+            cfgs = r['robustness']['configs']
+            dots = ax.scatter([c['flops'] / 1e6 for c in cfgs], [c['top1'] for c in cfgs], s=10,
+                              label=f"{r['arm']} s{r['seed']} e{r['epochs']} (sub mean {r['robustness']['sub_mean']})")
+            full = max(cfgs, key=lambda c: c['flops'])
+            ax.scatter([full['flops'] / 1e6], [full['top1']], s=60, facecolors='none', edgecolors=dots.get_facecolor())
+        ax.set(xlabel='MFLOPs', ylabel='top-1 (%)', title=f'{model}: every depth configuration, BN re-estimated')
+        ax.grid(alpha=.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(OUT.with_name('cifar10_robustness.png'), dpi=120)
+    print(f"wrote {OUT.with_name('cifar10_curves.png')} and {OUT.with_name('cifar10_robustness.png')}")
 
 
 def main(argv=None) -> None:
@@ -174,7 +244,7 @@ def main(argv=None) -> None:
     p.add_argument('--runs-dir', default=os.environ.get('TIMM_STIM_RUNS', str(Path.home() / 'timm_stim_runs')))
     sub = p.add_subparsers(dest='cmd', required=True)
     r = sub.add_parser('run', help='launch or resume one run (blocks)')
-    r.add_argument('arm', choices=list(ARMS))
+    r.add_argument('arm', choices=arm_names())
     r.add_argument('--model', default='cifar_resnet20')
     r.add_argument('--seed', type=int, default=0)
     r.add_argument('--epochs', type=int, default=30)
