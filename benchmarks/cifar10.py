@@ -46,6 +46,11 @@ ARMS: Dict[str, Any] = {
     'droppath005': (['--stim-mode', 'off', '--drop-path', '0.05'], "baseline with timm's stochastic depth 0.05"),
     'droppath01': (['--stim-mode', 'off', '--drop-path', '0.1'], "baseline with timm's stochastic depth 0.1"),
 }
+# Per-architecture exceptions to the recipe (benchmarks/recipes/timm_archs.md): MobileNetV3 trains in float32
+# (bfloat16 is 2.2x slower here for its depthwise convolutions) and has no `zero_init_last` to set.
+MODEL_FLAGS: Dict[str, List[str]] = {
+    'mobilenetv3_large_100_stim': ['--no-amp', '--model-kwargs'],
+}
 # Stage 5: ST++ as a short fine-tune of the released stage-1 baseline (`ft_<arm>`, on top of <arm>'s flags).
 FINETUNE_FROM = {'cifar_resnet20_stim': 'weights/cifar_resnet20.e30_cifar10.safetensors'}
 FINETUNE_FLAGS = ['--lr', '0.01', '--warmup-epochs', '0']
@@ -75,7 +80,8 @@ def _name(model: str, arm: str, seed: int, epochs: int) -> str:
 def train_command(model: str, arm: str, seed: int, epochs: int, run_dir: Path) -> List[str]:
     """The timm-stim-train command of one run (relative paths as a user in the repository root would type)."""
     return ['timm-stim-train', '-c', 'benchmarks/recipes/cifar10.yaml', '--data-dir', '../shared/data/cifar10',
-            '--model', model, '--seed', str(seed), '--epochs', str(epochs), *arm_flags(arm, model),
+            '--model', model, '--seed', str(seed), '--epochs', str(epochs), *MODEL_FLAGS.get(model, []),
+            *arm_flags(arm, model),
             '--output', str(run_dir.parent), '--experiment', run_dir.name]
 
 
