@@ -333,14 +333,28 @@ def test_card_front_matter_and_numbers_equal_results_json(released, exported, tm
     assert 'claims no gain' in model_card(entry, [])
 
 
-def test_model_card_md_is_current():
-    from timm_stim.cards import load_results, zoo_card
+def test_model_card_md_and_readme_zoo_are_current():
+    from timm_stim.cards import README_MARKS, load_results, readme_with_zoo, zoo_card
     from timm_stim.models.weights import read_manifest
     entries = read_manifest(REPO / 'weights')
     expected = zoo_card(entries, load_results(REPO / 'benchmarks' / 'results'))
     assert (REPO / 'MODEL_CARD.md').read_text() == expected, 'MODEL_CARD.md is stale: run python -m timm_stim.cards'
     if not entries:
         assert 'No trained checkpoint has been released yet' in expected
+    readme = (REPO / 'README.md').read_text()
+    assert all(mark in readme for mark in README_MARKS), 'README.md lost its generated zoo table'
+    assert readme == readme_with_zoo(readme, entries), "README.md's zoo table is stale: run python -m timm_stim.cards"
+    assert all(f'`{e.name}`' in readme for e in entries)
+
+
+def test_readme_zoo_block_is_replaced_and_the_rest_kept(released):
+    from timm_stim.cards import README_MARKS, readme_with_zoo
+    _, entry = released
+    start, end = README_MARKS
+    text = readme_with_zoo(f'# head\n{start}\nold table\n{end}\n## tail\n', [entry])
+    assert text.startswith(f'# head\n{start}\nTop-1 re-measured') and text.endswith(f'{end}\n## tail\n')
+    assert 'old table' not in text and f'`{entry.name}`' in text
+    assert readme_with_zoo('no marks here', [entry]) == 'no marks here'
 
 
 def test_zoo_card_lists_released_tags(released):
