@@ -192,3 +192,7 @@ def test_progress_rewrites_one_line_on_a_terminal():
         else:
             assert stream.getvalue().splitlines() == ['Model created', 'Train: 0 [ 0/9]', 'Train: 0 [ 1/9]',
                                                       'Epoch 0 done']
+    line = ('Train: 0 [  46/468 ( 10%)]  Loss: 1.945  main: 1.892  KL: 0.0531    505.1 img/s  LR: 1.951e-02  '
+            'ETA: 0:02:29 epoch, 0:02:29 run')
+    assert demo._fit(line, 200) == ' '.join(line.split())
+    assert demo._fit(line, 90) == 'Train: 0 [ 46/468 ( 10%)] Loss: 1.945 505.1 img/s ETA: 0:02:29 epoch, 0:02:29 run'

@@ -22,6 +22,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import struct
@@ -281,6 +282,17 @@ def _configs(opts: argparse.Namespace, source: Source) -> List[Tuple[int, ...]]:
 
 
 # ---------------------------------------------------------------------------------------------- progress
+def _fit(msg: str, width: int) -> str:
+    """A progress line in `width` characters: spaces collapsed, then the loss parts and LR dropped (the ETA at the
+    end stays), then cut."""
+    msg = ' '.join(msg.split())
+    for part in (r' main: \S+', r' KL: \S+', r' LR: \S+'):
+        if len(msg) <= width:
+            break
+        msg = re.sub(part, '', msg)
+    return msg[:width]
+
+
 class _ProgressHandler(logging.StreamHandler):
     """Log lines as usual; on a terminal, the training progress lines ('Train: ...') rewrite one line in place."""
 
@@ -293,8 +305,7 @@ class _ProgressHandler(logging.StreamHandler):
         try:
             msg = self.format(record)
             if self.tty and record.getMessage().startswith('Train:'):
-                width = shutil.get_terminal_size((100, 20)).columns - 1
-                self.stream.write('\r' + msg[:width] + '\x1b[K')
+                self.stream.write('\r' + _fit(msg, shutil.get_terminal_size((100, 20)).columns - 1) + '\x1b[K')
                 self.inline = True
             else:
                 self.stream.write(('\n' if self.inline else '') + msg + self.terminator)
