@@ -157,7 +157,7 @@ def create_train_loaders(args: argparse.Namespace, data_config: Dict[str, Any], 
     training config, as timm's train.py), with its crop_pct."""
     check_data_dir(args)
     eval_config = eval_config or data_config
-    if args.fast_data is None and fast_conflicts:
+    if args.fast_data is None and fast_conflicts and getattr(args, 'rank', 0) == 0:
         _logger.info(f'{", ".join(fast_conflicts)} set: using timm\'s loader (the fast path does not implement them).')
     train_data = _fast_split(args, args.train_split, args.train_subset, allowed=not fast_conflicts or args.fast_data)
     common = dict(mean=data_config['mean'], std=data_config['std'], input_size=data_config['input_size'],
@@ -191,7 +191,8 @@ def _timm_loaders(args, data_config, eval_config, device, model_dtype) -> Loader
     ds_recalib = _split_dataset(args, args.train_split, args.stim_bn_recalib_aug, args.train_subset, shuffle=True,
                                 **ds_kwargs)
     loader_common = dict(input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'],
-                         pin_memory=args.pin_mem, img_dtype=model_dtype or torch.float32, device=device,
+                         # pinned memory speeds host-to-accelerator copies only (torch warns about it on a CPU run)
+                         pin_memory=args.pin_mem and torch.device(device).type != 'cpu', img_dtype=model_dtype or torch.float32, device=device,
                          distributed=args.distributed, use_prefetcher=args.prefetcher, num_workers=args.workers,
                          persistent_workers=False)
     mixup_fn, collate_fn = None, None
