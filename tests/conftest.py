@@ -8,6 +8,9 @@ Fixtures (all generic, usable by every test module):
   decoding the first `per_class` JPEGs (sorted names, after skipping `offset`) of every class; results are cached
   for the whole session, so several tests share one decode.
 - `cifar10_normalize`: `uint8 images -> float32`, normalised with CIFAR-10 mean / std.
+- `stim_cache`: module-scoped; points `TIMM_STIM_CACHE` (the decoded-image cache of the fast data path) at a fresh
+  temporary folder for one test module (and the subprocesses it starts), outside the repository and the user's
+  cache, and restores it afterwards. Use it with `pytestmark = pytest.mark.usefixtures('stim_cache')`.
 
 Torch uses at most `TIMM_STIM_TEST_THREADS` intra-op threads (default: min(4, cpu count)) so that tests do not
 oversubscribe small CI machines.
@@ -92,3 +95,12 @@ def cifar10_subset():
 @pytest.fixture(scope='session')
 def cifar10_normalize():
     return normalize_cifar10
+
+
+@pytest.fixture(scope='module')
+def stim_cache(tmp_path_factory) -> Path:
+    """A decoded-image cache (`TIMM_STIM_CACHE`) shared by one module's runs and their subprocesses."""
+    path = tmp_path_factory.mktemp('stim_cache')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('TIMM_STIM_CACHE', str(path))
+        yield path

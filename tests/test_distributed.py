@@ -126,3 +126,21 @@ def test_two_gloo_processes_match_one_process():
         assert torch.equal(results[0]['state'][k], results[1]['state'][k]), k
     # the steps really moved the weights
     assert not torch.equal(ref['stem.0.weight'], _model().state_dict()['stem.0.weight'])
+
+
+def test_prepare_distributed_passes_no_deprecated_ddp_flag():
+    """broadcast_buffers=True (timm's train.py always passes it) is DDP's default: it is not forwarded, so recent
+    torch raises no FutureWarning about it; broadcast_buffers=False (--no-ddp-bb) still reaches DDP."""
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(_free_port()))
+    dist.init_process_group('gloo', rank=0, world_size=1)
+    try:
+        for flag in (True, False):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter('always')
+                task = StimulativeTrainer(torch.nn.Sequential(torch.nn.Linear(4, 4)), mode='off', verbose=False)
+                ddp = task.prepare_distributed(device_ids=['cpu'], broadcast_buffers=flag).trainable_module
+            assert ddp.broadcast_buffers is flag
+            if flag:
+                assert not [str(w.message) for w in caught if 'broadcast_buffers' in str(w.message)]
+    finally:
+        dist.destroy_process_group()

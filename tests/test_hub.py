@@ -44,10 +44,9 @@ def _listing(d: Path):
 
 
 @pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, stim_cache):
     if not (CIFAR / 'train').is_dir():
         pytest.skip('CIFAR-10 not at ../shared/data/cifar10')
-    os.environ.setdefault('TIMM_STIM_CACHE', str(tmp_path_factory.mktemp('stim_cache')))
     from timm_stim.train import main
     out = tmp_path_factory.mktemp('run')
     res = main(['--data-dir', str(CIFAR), '--model', 'cifar_resnet20_stim', '-b', '32', '--warmup-epochs', '0',

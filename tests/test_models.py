@@ -54,6 +54,39 @@ def test_import_registers_without_warnings():
     assert out.stdout.strip() == f'{len(EXPECTED)} []', out.stdout + out.stderr
 
 
+
+# what `import timm_stim` must not load beyond `import timm` (benchmarks/import_time.py measures the rest)
+LAZY_MODULES = ('matplotlib', 'timm.task', 'timm.loss', 'timm_stim.trainer', 'timm_stim.train', 'timm_stim.validate',
+                'timm_stim.release', 'timm_stim.hub', 'timm_stim.cards', 'timm_stim.data', 'timm_stim.loaders')
+
+
+@pytest.mark.slow
+def test_import_is_lazy_and_still_registers():
+    """`import timm_stim` adds no plotting, training-task, command or data-path modules to `import timm`, and
+    the registry is complete right after it: the `*_stim` models and the manifest's pretrained tags."""
+    import json
+    from timm_stim.models.weights import read_manifest
+    code = textwrap.dedent('''
+        import json, sys
+        import timm
+        before = set(sys.modules)
+        import timm_stim
+        added = sorted(set(sys.modules) - before)
+        out = dict(added=added, matplotlib='matplotlib' in sys.modules, stim=timm.list_models('*_stim'),
+                   cifar=timm.list_pretrained('*cifar*'))
+        out['task'] = timm_stim.StimulativeTrainer.__module__  # loaded on first use
+        out['task_loaded'] = 'timm.task' in sys.modules
+        print(json.dumps(out))
+    ''')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not out['matplotlib']
+    assert not [m for m in out['added'] if m.startswith(LAZY_MODULES)], out['added']
+    assert set(out['stim']) == EXPECTED
+    assert out['cifar'] == sorted(e.name for e in read_manifest() if 'cifar' in e.name)
+    assert out['task'] == 'timm_stim.trainer' and out['task_loaded']
+
 def test_unknown_model_gets_timms_error():
     with pytest.raises(RuntimeError, match='Unknown model'):
         timm.create_model('resnet50_stimm')

@@ -27,16 +27,7 @@ BASE = ['--data-dir', str(CIFAR), '--model', 'cifar_resnet20', '-b', '32', '--wa
         '--log-interval', '2', '--seed', '1']
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _cache(tmp_path_factory):
-    """Decoded-image cache shared by this module's runs (and their subprocesses), outside the repository."""
-    old = os.environ.get('TIMM_STIM_CACHE')
-    os.environ['TIMM_STIM_CACHE'] = str(tmp_path_factory.mktemp('stim_cache'))
-    yield
-    if old is None:
-        os.environ.pop('TIMM_STIM_CACHE', None)
-    else:
-        os.environ['TIMM_STIM_CACHE'] = old
+pytestmark = pytest.mark.usefixtures('stim_cache')  # tests/conftest.py: a fresh decoded-image cache
 
 
 def _load(path):

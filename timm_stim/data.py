@@ -29,6 +29,7 @@ import torch.nn.functional as F
 __all__ = [
     'CACHE_ENV', 'FASHION_MNIST_DIR', 'ImageTensors', 'TensorLoader', 'default_cache_dir', 'load_image_tensors',
     'subset_indices', 'batch_seed', 'TransformSubset', 'dataset_targets', 'fits_fast_path', 'fit_channels',
+    'data_config_at',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -436,4 +437,19 @@ def fit_channels(data_config: dict, in_chans: int) -> dict:
             else:
                 raise ValueError(f'{k} has {len(v)} values for a {in_chans}-channel model: pass --{k} with '
                                  f'{in_chans} values.')
+    return cfg
+
+
+def data_config_at(data_config: dict, img_size: Optional[int] = None,
+                     input_size: Optional[Sequence[int]] = None) -> dict:
+    """`data_config` at another input size (`input_size` C H W, or `img_size` square), unchanged when both are None.
+
+    The evaluation config of a run is its training config at `--eval-img-size` / `--eval-input-size` (timm's
+    train.py evaluates at the training size); everything else (crop_pct, interpolation, mean, std) is shared: the
+    eval transform resizes to size / crop_pct and centre-crops size (224 with crop_pct 224 / 240: 240 -> 224)."""
+    cfg = dict(data_config)
+    if input_size is not None:
+        cfg['input_size'] = tuple(int(v) for v in input_size)
+    elif img_size is not None:
+        cfg['input_size'] = (cfg['input_size'][0], int(img_size), int(img_size))
     return cfg

@@ -147,22 +147,28 @@ def _split_dataset(args: argparse.Namespace, split: str, is_training: bool, subs
 
 # ------------------------------------------------------------------------------------------------ training
 def create_train_loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device,
-                         fast_conflicts: Sequence[str] = (), model_dtype: Optional[torch.dtype] = None) -> Loaders:
+                         fast_conflicts: Sequence[str] = (), model_dtype: Optional[torch.dtype] = None,
+                         eval_config: Optional[Dict[str, Any]] = None) -> Loaders:
     """Train / eval / BN re-estimation loaders of `timm-stim-train`: the tensor path for small images (unless
-    `fast_conflicts` names timm augmentation flags it does not implement), else timm's loader."""
+    `fast_conflicts` names timm augmentation flags it does not implement), else timm's loader.
+
+    Training and BN re-estimation batches come at `data_config`'s input size (the training resolution, as the
+    released protocol re-estimates BN); evaluation batches at `eval_config`'s (`--eval-img-size`; default: the
+    training config, as timm's train.py), with its crop_pct."""
     check_data_dir(args)
-    if args.fast_data is None and fast_conflicts:
+    eval_config = eval_config or data_config
+    if args.fast_data is None and fast_conflicts and getattr(args, 'rank', 0) == 0:
         _logger.info(f'{", ".join(fast_conflicts)} set: using timm\'s loader (the fast path does not implement them).')
     train_data = _fast_split(args, args.train_split, args.train_subset, allowed=not fast_conflicts or args.fast_data)
     common = dict(mean=data_config['mean'], std=data_config['std'], input_size=data_config['input_size'],
                   seed=args.seed, rank=args.rank, world_size=args.world_size, device=device,
                   dtype=model_dtype or torch.float32, channels_last=args.channels_last)
     if train_data is not None:
-        return _tensor_loaders(args, data_config, train_data, common)
-    return _timm_loaders(args, data_config, device, model_dtype)
+        return _tensor_loaders(args, eval_config, train_data, common)
+    return _timm_loaders(args, data_config, eval_config, device, model_dtype)
 
 
-def _tensor_loaders(args, data_config, train_data: ImageTensors, common: Dict[str, Any]) -> Loaders:
+def _tensor_loaders(args, eval_config, train_data: ImageTensors, common: Dict[str, Any]) -> Loaders:
     aug = dict(padding=args.crop_padding, hflip=args.hflip, vflip=args.vflip, no_aug=args.no_aug)
     train = TensorLoader(train_data, args.batch_size, True, num_batches=args.train_batches_per_epoch, **aug, **common)
     loader_eval = None
@@ -170,7 +176,8 @@ def _tensor_loaders(args, data_config, train_data: ImageTensors, common: Dict[st
         val_data = load_image_tensors(args.dataset, args.data_dir, args.val_split, args.val_subset,
                                       args.dataset_download, args.data_cache_dir, args.class_map)
         loader_eval = TensorLoader(val_data, args.validation_batch_size or args.batch_size, False,
-                                   crop_pct=data_config['crop_pct'], **common)
+                                   crop_pct=eval_config['crop_pct'],
+                                   **{**common, 'input_size': eval_config['input_size']})
     # BN re-estimation: training images in their own seeded order, augmented as for training (as released)
     aug_bn = args.stim_bn_recalib_aug
     recalib = TensorLoader(train_data, args.batch_size, aug_bn, shuffle=True, **(aug if aug_bn else {}),
@@ -178,13 +185,14 @@ def _tensor_loaders(args, data_config, train_data: ImageTensors, common: Dict[st
     return Loaders(train, loader_eval, recalib, Mixup(**mixup_args(args)) if _mixup_active(args) else None, 'tensor')
 
 
-def _timm_loaders(args, data_config, device, model_dtype) -> Loaders:
+def _timm_loaders(args, data_config, eval_config, device, model_dtype) -> Loaders:
     ds_kwargs = dict(batch_size=args.batch_size)
     ds_train = _split_dataset(args, args.train_split, True, args.train_subset, seed=args.seed, **ds_kwargs)
     ds_recalib = _split_dataset(args, args.train_split, args.stim_bn_recalib_aug, args.train_subset, shuffle=True,
                                 **ds_kwargs)
     loader_common = dict(input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'],
-                         pin_memory=args.pin_mem, img_dtype=model_dtype or torch.float32, device=device,
+                         # pinned memory speeds host-to-accelerator copies only (torch warns about it on a CPU run)
+                         pin_memory=args.pin_mem and torch.device(device).type != 'cpu', img_dtype=model_dtype or torch.float32, device=device,
                          distributed=args.distributed, use_prefetcher=args.prefetcher, num_workers=args.workers,
                          persistent_workers=False)
     mixup_fn, collate_fn = None, None
@@ -209,10 +217,11 @@ def _timm_loaders(args, data_config, device, model_dtype) -> Loaders:
     loader_eval = None
     if args.val_split:
         ds_eval = _split_dataset(args, args.val_split, False, args.val_subset, **ds_kwargs)
-        loader_eval = create_loader(ds_eval, **eval_kwargs)
+        loader_eval = create_loader(ds_eval, **{**eval_kwargs, 'input_size': eval_config['input_size'],
+                                                'crop_pct': eval_config['crop_pct']})
     if args.stim_bn_recalib_aug:
         recalib = SeededLoader(create_loader(ds_recalib, **train_aug, **loader_common), args.seed + 1)
-    else:
+    else:  # un-augmented (the eval transform), still at the training resolution
         recalib = create_loader(ds_recalib, **eval_kwargs)
     train = SeededLoader(loader_train, args.seed, args.train_batches_per_epoch)
     return Loaders(train, loader_eval, recalib, mixup_fn, 'timm')

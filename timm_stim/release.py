@@ -9,10 +9,12 @@ What a maintainer would do, in order, stopping with one clear line (and writing 
    CIFAR-10 is the test set) and its EMA or plain weights (`--weights auto`: the weights whose accuracy the run logged,
    the EMA's when it kept one);
 2. load them strictly into the named `_stim` (or CIFAR base) model with the run's `num_classes`;
-3. re-evaluate top-1 in float32 (what users run) on the run's validation split and compare it with the accuracy
-   the run logged in `summary.csv` for that epoch (`--tolerance`, default 0.3 pt: the run may have evaluated
-   under bfloat16 autocast); both numbers are recorded;
-4. measure per-depth robustness with BN re-estimated for each configuration (`timm_stim.validate.evaluate_depths`);
+3. re-evaluate top-1 in float32 (what users run) on the run's validation split, at the size and crop the run
+   evaluated at (`--eval-img-size` / `--crop-pct`), and compare it with the accuracy the run logged in
+   `summary.csv` for that epoch (`--tolerance`, default 0.3 pt: the run may have evaluated under bfloat16
+   autocast); both numbers are recorded;
+4. measure per-depth robustness with BN re-estimated for each configuration (`timm_stim.validate.evaluate_depths`)
+   on training-augmented images at the training size (as the run re-estimated it);
 5. store float16 only for a file above the wheel limit and only when float16 gives the same top-1;
 6. write the weights and the manifest entry (sha256, size, dataset, input size, recipe from `args.yaml`, the
    training command, commit, measured numbers).
@@ -34,7 +36,7 @@ import yaml
 from timm import utils
 from timm.data import resolve_data_config
 
-from .data import fit_channels
+from .data import data_config_at, fit_channels
 from .models import CIFAR_ARCHS, STIM_BASES
 from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, load_checkpoint_state_dict,
                              weights_dir, write_weights)
@@ -197,18 +199,22 @@ def model_stats(model: nn.Module, input_size: Sequence[int], flops: float) -> Di
                 gmacs=round(flops / 2 / 1e9, 4), activations_m=round(count[0] / 1e6, 3))
 
 
-def _top1(model: nn.Module, loader, device) -> Dict[str, Any]:
-    return evaluate_depths(model, [None], loader, device=device)[0]  # stored BN statistics, float32
+def _top1(model: nn.Module, loader, device, input_size: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    # stored BN statistics, float32; FLOPs at the evaluation size
+    return evaluate_depths(model, [None], loader, device=device, input_size=input_size)[0]
 
 
-def _robustness(model, opts, data_args, data_config, loader, device, train_split: str) -> List[Dict[str, Any]]:
+def _robustness(model, opts, data_args, train_config, data_config, loader, device, train_split: str
+                ) -> List[Dict[str, Any]]:
+    """Per-depth top-1 on `loader` (at the evaluation size of `data_config`), BN re-estimated per configuration on
+    training-augmented images at the training size of `train_config` (as the run re-estimated it every epoch)."""
     if opts.robustness == 'none':
         return []
     configs = _sweep_configs(model, opts.robustness, opts.robustness_samples, opts.robustness_max,
                              data_args.seed)
     # training-augmented images, as training re-estimates BN after every epoch (issue 7's protocol): un-augmented
     # ones cost 2-4 points (benchmarks/results/parity.json); recalibrate_bn stops after --bn-recalib of them
-    recalib = create_split_loader(data_args, data_config, train_split, None, True, device, augment=True) \
+    recalib = create_split_loader(data_args, train_config, train_split, None, True, device, augment=True) \
         if opts.bn_recalib else None
     rows = evaluate_depths(model, configs, loader, recalib, opts.bn_recalib, device,
                            input_size=data_config['input_size'])
@@ -280,8 +286,10 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
         raise ReleaseError(str(e)) from e
     device = torch.device(opts.device)
     model.to(device)
-    data_config = fit_channels(resolve_data_config({k: args.get(k) for k in (
+    # the run's two resolutions: it trained (and re-estimated BN) at train_config's, evaluated at data_config's
+    train_config = fit_channels(resolve_data_config({k: args.get(k) for k in (
         'input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation', 'in_chans')}, model=model), in_chans)
+    data_config = data_config_at(train_config, args.get('eval_img_size'), args.get('eval_input_size'))
     data_args = _data_args(opts, args)
     split = opts.split or args.get('val_split') or 'validation'
     subset = opts.val_subset or args.get('val_subset')
@@ -289,10 +297,11 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
         loader = create_split_loader(data_args, data_config, split, subset, False, device)
     except (FileNotFoundError, ValueError) as e:
         raise ReleaseError(f'cannot read the validation data: {e}') from e
-    full = _top1(model, loader, device)
+    full = _top1(model, loader, device, data_config['input_size'])
     logged = logged_top1(run_dir, meta) if weights == _evaluated_weights(args) else None
     check_logged(full['top1'], logged, opts.tolerance, opts.skip_log_check, weights)
-    depths = _robustness(model, opts, data_args, data_config, loader, device, args.get('train_split', 'train'))
+    depths = _robustness(model, opts, data_args, train_config, data_config, loader, device,
+                         args.get('train_split', 'train'))
     stored = choose_storage(model, state_dict, opts.storage, full['top1'], loader, device)
     command, changed = train_command(args)
     command = args.get('command') or command  # the literal command line, when the run recorded it

@@ -18,11 +18,15 @@ __all__ = ['write_args_yaml', 'truncate_summary', 'plot_curves']
 _logger = logging.getLogger('train')
 
 
-def write_args_yaml(output_dir: str, args: argparse.Namespace, argv: Sequence[str]) -> None:
-    """Every flag's value, plus the literal command and the code's commit (what `timm-stim-release` reads)."""
+def write_args_yaml(output_dir: str, args: argparse.Namespace, argv: Sequence[str],
+                    data_config: Optional[dict] = None) -> None:
+    """Every flag's value, plus the literal command, the code's commit (what `timm-stim-release` reads) and the
+    resolved data configs (`data_config: {train: ..., eval: ...}`: input sizes, crop_pct, interpolation, mean, std)."""
+    extra = {'data_config': data_config} if data_config else {}
     with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
         yaml.safe_dump({**{k: v for k, v in vars(args).items() if not isinstance(v, torch.device)},
-                        'command': ' '.join(['timm-stim-train'] + list(argv)), 'git_commit': source_commit()}, f)
+                        'command': ' '.join(['timm-stim-train'] + list(argv)), 'git_commit': source_commit(),
+                        **extra}, f)
 
 
 def plot_curves(summary_csv: str, out_png: str) -> Optional[str]:

@@ -54,7 +54,7 @@ from timm.utils.model import unwrap_model
 import timm_stim  # noqa: F401  (registers the *_stim models)
 from .checkpoint import (CKPT_EXT, CheckpointWriteError, Progress, StimCheckpointSaver, find_resume_checkpoint,
                          gather_rng_states, restore_progress, restore_rng, restore_saver, resume_checkpoint)
-from .data import fit_channels
+from .data import data_config_at, fit_channels
 from .depth import compile_blocks, find_stages
 from .evaluation import evaluate
 from .guards import NonFiniteLossError, any_rank, nonfinite_tensors, recovery_advice
@@ -125,7 +125,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument('--img-size', type=_positive_int, default=None, metavar='N')
     g.add_argument('--in-chans', type=_positive_int, default=None, metavar='N')
     g.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N')
-    g.add_argument('--crop-pct', default=None, type=float, metavar='N')
+    g.add_argument('--crop-pct', default=None, type=float, metavar='N',
+                   help='evaluation crop: resize to size / crop_pct, centre-crop size (e.g. 0.9333: 240 -> 224)')
+    g.add_argument('--eval-img-size', type=_positive_int, default=None, metavar='N',
+                   help='[timm-stim] evaluate at N x N (default: the training size, as timm); training and BN '
+                        're-estimation stay at --img-size (train 200, test 224: --img-size 200 --eval-img-size 224 '
+                        '--crop-pct 0.9333)')
+    g.add_argument('--eval-input-size', default=None, nargs=3, type=_positive_int, metavar='N',
+                   help='[timm-stim] evaluation input dimensions (C H W), exclusive with --eval-img-size')
     g.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN')
     g.add_argument('--std', type=float, nargs='+', default=None, metavar='STD')
     g.add_argument('--interpolation', default='', metavar='NAME')
@@ -324,6 +331,7 @@ def _check_flag_combinations(parser: argparse.ArgumentParser, args: argparse.Nam
                      f'--pretrained to start from it, or use --initial-checkpoint for a plain weights load')
     if args.pretrained_path and not os.path.isfile(args.pretrained_path):
         parser.error(f'--pretrained-path {args.pretrained_path}: no such file')
+    _check_eval_size(parser, args)
     if args.stim_mode != 'off' and args.grad_checkpointing:
         parser.error('--grad-checkpointing bypasses block skipping: use it only with --stim-mode off')
     if args.stim_mode == 'off' and args.stim_subnets:
@@ -331,6 +339,20 @@ def _check_flag_combinations(parser: argparse.ArgumentParser, args: argparse.Nam
                      f'baseline, no sub-network)')
     if (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax) and args.batch_size % 2:
         parser.error('mixup / cutmix need an even --batch-size')
+
+
+def _check_eval_size(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--eval-img-size / --eval-input-size / --crop-pct that cannot describe an evaluation input (argparse errors)."""
+    if args.eval_img_size is not None and args.eval_input_size is not None:
+        parser.error(f'--eval-img-size {args.eval_img_size} and --eval-input-size '
+                     f'{" ".join(map(str, args.eval_input_size))} are exclusive: give one')
+    if args.eval_input_size is not None and args.eval_input_size[0] != _in_chans(args):
+        parser.error(f'--eval-input-size {" ".join(map(str, args.eval_input_size))}: {args.eval_input_size[0]} '
+                     f'channels, but the model takes {_in_chans(args)} (--in-chans / --input-size): evaluation '
+                     f'changes the image size only')
+    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
+        parser.error(f'--crop-pct {args.crop_pct}: must be in (0, 1] (the evaluation centre crop is crop_pct of the '
+                     f'resized image, e.g. 224 / 240 = 0.9333)')
 
 
 # timm loader flags the fast path does not implement: (flag, attribute); it crops with padding and flips instead
@@ -432,6 +454,7 @@ class RunState:
     updates_per_epoch: int = 0
     eval_metric: str = 'top1'
     progress: Progress = field(default_factory=Progress)
+    data_config: Dict[str, Any] = field(default_factory=dict)  # {'train': ..., 'eval': ...} resolved, as recorded
     saver: Optional[StimCheckpointSaver] = None
     output_dir: Optional[str] = None
     last_checkpoint: Optional[str] = None
@@ -442,11 +465,18 @@ class RunState:
         """The resume state a checkpoint adds to timm's (see `timm_stim.checkpoint`)."""
         return dict(scheduler=self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
                     global_step=self.progress.num_updates, world_size=self.args.world_size,
-                    stim=vars(self.task.stim), data_path=self.loaders.path, **(self.pending or {}))
+                    stim=vars(self.task.stim), data_path=self.loaders.path, data_config=self.data_config,
+                    **(self.pending or {}))
+
+
+def recorded_data_config(data_config: Dict[str, Any]) -> Dict[str, Any]:
+    """A resolved timm data config as plain YAML / checkpoint values (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
 
 
 def _create_model(args: argparse.Namespace, device: torch.device):
-    """The model (timm's create_model and flags), on the device, with its resolved data config."""
+    """The model (timm's create_model and flags), on the device, with its resolved data configs: training (and BN
+    re-estimation) and evaluation (`--eval-img-size`, else the training one)."""
     factory_kwargs = {}
     if args.pretrained_path:
         factory_kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path, num_classes=-1)
@@ -461,6 +491,7 @@ def _create_model(args: argparse.Namespace, device: torch.device):
         model.set_grad_checkpointing(enable=True)
     data_config = fit_channels(resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args)),
                                _in_chans(args))
+    eval_config = data_config_at(data_config, args.eval_img_size, args.eval_input_size)
     model.to(device=device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -470,7 +501,7 @@ def _create_model(args: argparse.Namespace, device: torch.device):
     if utils.is_primary(args):
         _logger.info(f'Model {safe_model_name(args.model)} created, param count: '
                      f'{sum(p.numel() for p in model.parameters())}')
-    return model, data_config
+    return model, data_config, eval_config
 
 
 def _amp(args: argparse.Namespace, device: torch.device):
@@ -539,7 +570,7 @@ def _open_output(state: RunState, data_config: Dict[str, Any], ckpt, resume_path
         checkpoint_dir=state.output_dir, recovery_dir=state.output_dir, decreasing=state.eval_metric == 'loss',
         max_history=args.checkpoint_hist, task=state.task, extra_state=state.checkpoint_extras)
     restore_saver(state.saver, ckpt, resume_path, state.output_dir)
-    write_args_yaml(state.output_dir, args, args.argv)
+    write_args_yaml(state.output_dir, args, args.argv, data_config=state.data_config)
     truncate_summary(os.path.join(state.output_dir, 'summary.csv'), state.progress.epoch)
 
 
@@ -556,14 +587,14 @@ def build_run(args: argparse.Namespace) -> RunState:
         torch.backends.cudnn.benchmark = True
     utils.random_seed(args.seed, args.rank)
 
-    model, data_config = _create_model(args, device)
+    model, data_config, eval_config = _create_model(args, device)
     amp_autocast, loss_scaler = _amp(args, device)
     task = _create_task(args, model, device)
     conflicts = fast_path_conflicts(args) if args.fast_data is None else []
-    loaders = create_train_loaders(args, data_config, device, conflicts)
+    loaders = create_train_loaders(args, data_config, device, conflicts, eval_config=eval_config)
     if utils.is_primary(args):
         _logger.info(f'Data: {loaders.path} path, {len(loaders.train)} batches/epoch of {args.batch_size} x '
-                     f'{args.world_size} process(es).')
+                     f'{args.world_size} process(es); {_sizes_text(data_config, eval_config)}.')
     optimizer = _create_optimizer(args, model)
     resume_path = find_resume_checkpoint(args.resume) if args.resume else None
     ckpt = resume_checkpoint(resume_path, task, model, optimizer, loss_scaler, args) if resume_path else None
@@ -578,7 +609,8 @@ def build_run(args: argparse.Namespace) -> RunState:
                      amp_autocast=amp_autocast, loss_scaler=loss_scaler, lr_scheduler=lr_scheduler,
                      num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, eval_metric=eval_metric,
                      progress=restore_progress(ckpt, args, lr_scheduler, updates_per_epoch),
-                     last_checkpoint=resume_path)
+                     last_checkpoint=resume_path,
+                     data_config=dict(train=recorded_data_config(data_config), eval=recorded_data_config(eval_config)))
     _open_output(state, data_config, ckpt, resume_path)
     if ckpt is not None:
         restore_rng(ckpt, args, state.progress.epoch)
@@ -586,6 +618,15 @@ def build_run(args: argparse.Namespace) -> RunState:
         _logger.info(f'Scheduled epochs: {num_epochs}, starting at epoch {state.progress.epoch} batch '
                      f'{state.progress.batch}; output {state.output_dir}.')
     return state
+
+
+def _sizes_text(data_config: Dict[str, Any], eval_config: Dict[str, Any]) -> str:
+    """'train 200x200 px (BN re-estimation too), eval 224x224 px (crop_pct 0.933: resize 240)'."""
+    def hw(cfg):
+        return 'x'.join(str(v) for v in cfg['input_size'][-2:])
+    resize = 'x'.join(str(int(v / eval_config['crop_pct'])) for v in eval_config['input_size'][-2:])
+    return (f'train {hw(data_config)} px (BN re-estimation too), eval {hw(eval_config)} px (crop_pct '
+            f'{eval_config["crop_pct"]:.4g}: resize {resize}, centre crop)')
 
 
 # --------------------------------------------------------------------------------------------- the loops
@@ -877,7 +918,8 @@ def _finish(state: RunState, results: List[Dict[str, Any]], best_metric, best_ep
                 _logger.info(f'Training curves: {png}')
         if best_metric is not None:
             _logger.info(f'*** Best {state.eval_metric}: {best_metric} (epoch {best_epoch})')
-    return {'output_dir': output_dir, 'results': results, 'best_metric': best_metric, 'best_epoch': best_epoch}
+    return {'output_dir': output_dir, 'results': results, 'best_metric': best_metric, 'best_epoch': best_epoch,
+            'data_config': state.data_config}
 
 
 def cli() -> None:

@@ -246,6 +246,9 @@ class StimulativeTrainer(ClassificationTask):
         if device_ids is not None and all(not isinstance(d, int) and torch.device(d).type == 'cpu'
                                           for d in device_ids):
             device_ids = None  # DDP on CPU takes no device_ids
+        if ddp_kwargs.get('broadcast_buffers') is True:
+            # DDP's default in every torch version; recent torch warns (FutureWarning) whenever it is passed at all
+            del ddp_kwargs['broadcast_buffers']
         self.trainable_module = DDP(MultiDepthForward(self.trainable_module), device_ids=device_ids, **ddp_kwargs)
         return self
 

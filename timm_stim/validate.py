@@ -33,7 +33,7 @@ from timm.data import resolve_data_config
 from timm.models import create_model, load_checkpoint
 
 import timm_stim  # noqa: F401  (registers the *_stim models)
-from .data import fit_channels
+from .data import data_config_at, fit_channels
 from .depth import check_depths, find_stages, full_depths, recalibrate_bn, subnetwork, valid_depths
 from .elastic import depth_profile
 from .evaluation import evaluate
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--bn-recalib-aug', action=argparse.BooleanOptionalAction, default=True,
                    help='re-estimate BN on training-augmented images (pad-crop and flip for small images, timm\'s '
                         'training transform otherwise), as timm-stim-train does after every epoch')
+    p.add_argument('--bn-recalib-img-size', type=_positive_int, default=None, metavar='N',
+                   help='image size of the BN re-estimation batches (default: the evaluation size --img-size); a '
+                        'run trained at 200 and evaluated at 224 re-estimated BN at 200 (pass 200 to match it)')
     p.add_argument('--results-file', default='', metavar='FILE', help='JSON results (robustness: also a PNG next '
                                                                        'to it)')
     return p
@@ -243,7 +246,8 @@ def _run(args, argv) -> Dict[str, Any]:
 
     loader = create_split_loader(args, data_config, args.split, args.val_subset, False, device)
     # training images in seeded random order; recalibrate_bn stops after --bn-recalib of them
-    recalib = create_split_loader(args, data_config, args.train_split, None, True, device,
+    recalib_config = data_config_at(data_config, args.bn_recalib_img_size)  # the training size, when given
+    recalib = create_split_loader(args, recalib_config, args.train_split, None, True, device,
                                   augment=args.bn_recalib_aug) if args.bn_recalib else None
     bn_images = _bn_images(args, recalib)
     if args.robustness:
@@ -257,6 +261,7 @@ def _run(args, argv) -> Dict[str, Any]:
     result = dict(model=args.model, checkpoint=args.checkpoint or None, pretrained=args.pretrained,
                   split=args.split, num_images=len(getattr(loader, 'dataset', [])) if hasattr(loader, 'dataset')
                   else None, bn_recalib=bn_images, input_size=list(data_config['input_size']),
+                  bn_recalib_input_size=list(recalib_config['input_size']) if bn_images else None,
                   command=' '.join(['timm-stim-validate'] + list(sys.argv[1:] if argv is None else argv)),
                   results=rows)
     if args.robustness:
