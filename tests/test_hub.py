@@ -336,13 +336,14 @@ def test_model_card_md_and_readme_zoo_are_current():
     from timm_stim.cards import README_MARKS, load_results, readme_with_zoo, zoo_card
     from timm_stim.models.weights import read_manifest
     entries = read_manifest(REPO / 'weights')
-    expected = zoo_card(entries, load_results(REPO / 'benchmarks' / 'results'))
+    runs = load_results(REPO / 'benchmarks' / 'results')
+    expected = zoo_card(entries, runs)
     assert (REPO / 'MODEL_CARD.md').read_text() == expected, 'MODEL_CARD.md is stale: run python -m timm_stim.cards'
     if not entries:
         assert 'No trained checkpoint has been released yet' in expected
     readme = (REPO / 'README.md').read_text()
     assert all(mark in readme for mark in README_MARKS), 'README.md lost its generated zoo table'
-    assert readme == readme_with_zoo(readme, entries), "README.md's zoo table is stale: run python -m timm_stim.cards"
+    assert readme == readme_with_zoo(readme, entries, runs), "README.md is stale: run python -m timm_stim.cards"
     assert all(f'`{e.name}`' in readme for e in entries)
 
 
@@ -373,3 +374,20 @@ def test_wheel_budget_and_hub_only_location():
     assert sum(e.size for e in shipped) <= 80 * 2 ** 20  # leaves room under PyPI's 100 MB for the code
     assert all('@' in e.hub_id for e in entries if e.file.startswith('hub/')), 'Hub-only weights need a pinned id'
     assert 'hub/' in (REPO / 'weights' / '.gitignore').read_text().split()
+
+
+def test_readme_headline_states_st_pp_against_the_baseline_either_way():
+    """The README's first numbers come from the results runs: every arm against the baseline, losses included."""
+    from timm_stim.cards import HEADLINE_MARKS, headline, readme_with_zoo
+
+    def run(arm, seed, top1, sub):
+        return dict(model='cifar_resnet20' + ('' if arm == 'baseline' else '_stim'), dataset='cifar10', arm=arm,
+                    seed=seed, epochs=30, top1=top1, robustness=dict(sub_mean=sub), results_file='cifar10.json')
+    assert headline([]).startswith('No finished baseline run yet')
+    runs = [run('baseline', 0, 87.0, 57.0), run('baseline', 1, 86.0, 55.0), run('stpp', 0, 85.5, 75.0),
+            run('stpp', 5, 84.0, 60.0) | dict(epochs=100)]  # another schedule: not in the 30-epoch headline
+    text = headline(runs)
+    assert 'the baseline reaches 86.50 % top-1 (2 seeds, sd 0.71), its sub-networks average 56.0 %' in text
+    assert '`stpp` reaches 85.50 % top-1 (1 seed), its sub-networks average 75.0 % (-1.00 pt top-1, +19.0 pt' in text
+    start, end = HEADLINE_MARKS
+    assert readme_with_zoo(f'a {start}old{end} b', [], runs) == f'a {start}{text}{end} b'
