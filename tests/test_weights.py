@@ -227,7 +227,7 @@ def test_pretrained_offline_local_then_hub(wdir, tmp_path):
 @pytest.mark.slow
 def test_weights_ship_in_non_editable_install(tmp_path):
     """`pip install .` (non-editable) carries weights/ as timm_stim/_weights and pretrained=True finds it there."""
-    pytest.importorskip('setuptools', minversion='70.1')  # builds wheels without the 'wheel' package
+    pytest.importorskip('setuptools', minversion='77')  # builds wheels without the 'wheel' package
     src = tmp_path / 'src'
     shutil.copytree(ROOT / 'timm_stim', src / 'timm_stim', ignore=shutil.ignore_patterns('__pycache__'))
     for f in ('pyproject.toml', 'README.md'):
