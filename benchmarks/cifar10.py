@@ -226,8 +226,9 @@ def plot(runs: List[Dict[str, Any]]) -> None:
     ax.grid(alpha=.3)
     fig.tight_layout()
     fig.savefig(OUT.with_name('cifar10_curves.png'), dpi=120)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, model in zip(axes, ('cifar_resnet20', 'cifar_resnet56')):
+    models = sorted({r['model'].replace('_stim', '') for r in runs if r['robustness']}) or ['cifar_resnet20']
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5), squeeze=False)
+    for ax, model in zip(axes[0], models):
         for r in runs:
             if not r['robustness'] or r['model'].replace('_stim', '') != model:
                 continue
