@@ -45,6 +45,7 @@ from .depth import check_depths, find_stages
 from .elastic import depth_profile
 from .loaders import create_split_loader
 from .models.weights import MANIFEST_NAME, WeightsEntry, find_entry, weights_dir
+from .trainer import add_stim_args
 from .validate import evaluate_depths, parse_depths, plot_robustness
 
 __all__ = ['build_parser', 'main', 'run', 'resolve_source', 'stim_flags', 'train_argv', 'pick_depths',
@@ -168,21 +169,18 @@ def resolve_source(model: Optional[str], need_weights: bool = True) -> Source:
 
 
 # --------------------------------------------------------------------------------------- training command
-_STIM_KEYS = ('stim_mode', 'stim_subnets', 'stim_space', 'stim_loss', 'stim_temp', 'stim_weight', 'stim_min_scale',
-              'stim_amplitude', 'stim_main_normalized', 'stim_seed')
-
-
 def _flags(values: Dict[str, Any]) -> List[str]:
-    parser = train.build_parser()
-    defaults = vars(parser.parse_args([]))
-    options = {a.dest: a for a in parser._actions if a.option_strings}
+    """The `--stim-*` flags (the group `add_stim_args` defines, so a new knob is carried over too) whose value in
+    `values` differs from its default; `--stim-mode` always."""
+    group = add_stim_args(argparse.ArgumentParser())
     out = []
-    for key in _STIM_KEYS:
-        value = values.get(key, defaults[key])
-        if value == defaults[key] and key != 'stim_mode':  # the mode is always written out
+    for action in group._group_actions:
+        key = action.dest
+        value = values.get(key, action.default)
+        if value == action.default and key != 'stim_mode':  # the mode is always written out
             continue
-        flag = options[key].option_strings[-1]
-        if isinstance(options[key], argparse.BooleanOptionalAction):
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse.BooleanOptionalAction):
             out.append(flag if value else '--no-' + flag[2:])
         else:
             out += [flag, str(value)]
