@@ -11,7 +11,9 @@ run checkpoints each epoch and every 100 steps, so `run` on an existing director
     python benchmarks/cifar10.py stash       # unfinished runs' newest checkpoints -> benchmarks/checkpoints/ (commit)
 
 `collect` reads each run's summary.csv / args.yaml and, for finished runs, the robustness sweep written by
-`timm-stim-validate --robustness` (BN re-estimated per configuration), which it runs once per finished run.
+`timm-stim-validate --robustness auto` (BN re-estimated per configuration; every configuration up to 64 of them,
+else the full network and the same seeded 20 for every run of that architecture), run once per finished run at
+the data config the run recorded (timm's architectures: 32x32, CIFAR mean / std).
 """
 from __future__ import annotations
 
@@ -48,8 +50,15 @@ ARMS: Dict[str, Any] = {
 }
 # Per-architecture exceptions to the recipe (benchmarks/recipes/timm_archs.md): MobileNetV3 trains in float32
 # (bfloat16 is 2.2x slower here for its depthwise convolutions) and has no `zero_init_last` to set.
+# timm's own architectures keep their ImageNet layers but not their ImageNet cfg: they get a 10-class head and
+# train and evaluate at CIFAR's 32x32 with CIFAR-10 mean / std and no resize (the CIFAR ResNets' cfgs say so).
+CIFAR_DATA_FLAGS = ['--num-classes', '10', '--img-size', '32', '--crop-pct', '1.0', '--mean', '0.4914', '0.4822', '0.4465',
+                    '--std', '0.2470', '0.2435', '0.2616']
 MODEL_FLAGS: Dict[str, List[str]] = {
-    'mobilenetv3_large_100_stim': ['--no-amp', '--model-kwargs'],
+    'resnet18_stim': CIFAR_DATA_FLAGS,
+    'resnet50_stim': CIFAR_DATA_FLAGS,
+    'wide_resnet50_2_stim': CIFAR_DATA_FLAGS,
+    'mobilenetv3_large_100_stim': CIFAR_DATA_FLAGS + ['--no-amp', '--model-kwargs'],
 }
 # Stage 5: ST++ as a short fine-tune of the released stage-1 baseline (`ft_<arm>`, on top of <arm>'s flags).
 FINETUNE_FROM = {'cifar_resnet20_stim': 'weights/cifar_resnet20.e30_cifar10.safetensors'}
@@ -161,7 +170,7 @@ def _robustness(run_dir: Path, model: str) -> Optional[Dict[str, Any]]:
     out = run_dir / 'robustness.json'
     if not out.exists():
         cmd = [sys.executable, '-m', 'timm_stim.validate', '--data-dir', str(DATA), '--model', model,
-               '--checkpoint', str(run_dir / 'last.pth.tar'), '--robustness', 'all', '--results-file', str(out)]
+               '--checkpoint', str(run_dir / 'last.pth.tar'), '--robustness', 'auto', '--results-file', str(out)]
         subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                        stdout=subprocess.DEVNULL)
     res = json.loads(out.read_text())['results']

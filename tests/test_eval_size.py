@@ -97,6 +97,23 @@ def test_release_remeasures_at_the_evaluation_size(folder, tmp_path, monkeypatch
     assert '--eval-img-size 56' in entry.command and entry.train_args['eval_img_size'] == EVAL
 
 
+def test_validate_a_training_checkpoint_at_the_size_its_run_evaluated(folder, tmp_path, monkeypatch):
+    """timm-stim-validate --checkpoint <run>/last.pth.tar without data flags evaluates as the run did (eval size,
+    its crop_pct, its class count, BN re-estimated at the training size); a data flag given on the command line
+    wins."""
+    import timm_stim.validate as validate
+    res, _ = _train_seeing_shapes(monkeypatch, _argv(folder, tmp_path, '--experiment', 'val'))
+    ckpt = str(Path(res['output_dir']) / 'last.pth.tar')
+    base = ['--data-dir', str(folder), '--model', 'cifar_resnet20', '--checkpoint', ckpt,  # 2 classes: recorded
+            '-b', '8', '--workers', '0']
+    out = validate.main(base + ['--depths', '2,2,2', '--bn-recalib', '16'])
+    assert out['input_size'] == [3, EVAL, EVAL] and out['bn_recalib_input_size'] == [3, TRAIN, TRAIN]
+    full = validate.main(base + ['--bn-recalib', '0'])  # the full network with its stored BN: the run's own number
+    assert full['input_size'] == [3, EVAL, EVAL]
+    assert full['results'][0]['top1'] == pytest.approx(res['results'][-1]['validation']['top1'], abs=1e-6)
+    assert validate.main(base + ['--img-size', '40'])['input_size'] == [3, 40, 40]
+
+
 @pytest.mark.parametrize('bad, says', [
     (['--eval-img-size', '0'], 'must be a positive integer'),
     (['--eval-img-size', 'big'], "invalid _positive_int value: 'big'"),

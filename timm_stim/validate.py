@@ -31,6 +31,7 @@ import torch.nn as nn
 from timm import utils
 from timm.data import resolve_data_config
 from timm.models import create_model, load_checkpoint
+from timm.utils import load_checkpoint_metadata
 
 import timm_stim  # noqa: F401  (registers the *_stim models)
 from .data import data_config_at, fit_channels
@@ -225,9 +226,49 @@ def _bn_images(args, recalib_loader) -> int:
     return min(args.bn_recalib, available)
 
 
+DATA_FLAGS = ('img_size', 'input_size', 'crop_pct', 'mean', 'std', 'interpolation')
+
+
+def use_recorded_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """A training checkpoint is evaluated as its run evaluated: its recorded class count and input channels when
+    not given, and when no data flag (`DATA_FLAGS`) is given its recorded ones (its evaluation size, and its
+    training size for BN re-estimation). A `resnet18_stim` trained on CIFAR-10 at 32x32 with CIFAR mean / std is
+    then not measured with the 1000-class, 224-px ImageNet cfg. Returns what it set."""
+    if not args.checkpoint.endswith(('.pth', '.tar')):
+        return {}
+    try:
+        run = load_checkpoint_metadata(args.checkpoint).get('args')
+    except Exception:  # not a training checkpoint: timm's load_checkpoint reads it as weights
+        return {}
+    run = vars(run) if isinstance(run, argparse.Namespace) else dict(run or {})
+    taken = {k: run[k] for k in ('num_classes', 'in_chans') if getattr(args, k) is None and run.get(k)}
+    if any(getattr(args, k) not in (None, '') for k in DATA_FLAGS):
+        return _set(args, taken)
+    taken.update({k: run[k] for k in DATA_FLAGS if run.get(k) not in (None, '')})
+    if run.get('eval_img_size') or run.get('eval_input_size'):
+        if run.get('eval_input_size'):
+            taken.update(input_size=run['eval_input_size'], img_size=None)
+        else:
+            taken.update(img_size=run['eval_img_size'], input_size=None)
+        if args.bn_recalib_img_size is None and run.get('img_size'):
+            taken['bn_recalib_img_size'] = run['img_size']
+    return _set(args, taken)
+
+
+def _set(args: argparse.Namespace, taken: Dict[str, Any]) -> Dict[str, Any]:
+    for k, v in taken.items():
+        setattr(args, k, v)
+    if taken:
+        _logger.info(f'As recorded by the run of {args.checkpoint}: '
+                     + ', '.join(f'{k}={v}' for k, v in taken.items() if v is not None))
+    return taken
+
+
 def _run(args, argv) -> Dict[str, Any]:
     device = torch.device(args.device)
     check_data_dir(args)  # before the model is built
+    if args.checkpoint:
+        use_recorded_args(args)
     in_chans = args.input_size[0] if args.input_size else (args.in_chans or 3)
     model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, in_chans=in_chans,
                          **args.model_kwargs)
