@@ -73,6 +73,23 @@ def test_add_weights_writes_manifest(wdir):
     assert cfgs[entry.name]['num_classes'] == 10 and cfgs[entry.name]['hf_hub_id'] == entry.hub_id
 
 
+def test_tag_order_sets_the_default_and_rereleases_keep_their_place(wdir, tmp_path):
+    """A new tag goes after the model's others (the first stays the default), re-releasing a tag keeps its place,
+    and `default=True` (timm-stim-release --default) makes a tag the model's first, hence timm's default."""
+    src = tmp_path / 'trained.safetensors'
+    for tag in ('second', 'third'):
+        W.add_weights(src, MODEL, tag, num_classes=10, directory=wdir)
+    W.add_weights(src, 'cifar_resnet20', 'base', num_classes=10, directory=wdir)
+    order = lambda: [e.name for e in W.read_manifest(wdir)]  # noqa: E731
+    assert order() == [f'{MODEL}.{TAG}', f'{MODEL}.second', f'{MODEL}.third', 'cifar_resnet20.base']
+    W.add_weights(src, MODEL, 'second', num_classes=10, directory=wdir, metrics={'top1': 11.0})
+    assert order()[1] == f'{MODEL}.second' and W.read_manifest(wdir)[1].metrics == {'top1': 11.0}
+    W.add_weights(src, MODEL, 'third', num_classes=10, directory=wdir, default=True)
+    assert order() == [f'{MODEL}.third', f'{MODEL}.{TAG}', f'{MODEL}.second', 'cifar_resnet20.base']
+    cfgs = W.tagged_default_cfgs({MODEL: dict(num_classes=1000, input_size=(3, 32, 32))}, directory=wdir)
+    assert next(iter(k for k in cfgs if k.startswith(MODEL))) == f'{MODEL}.third'
+
+
 def test_sha256_mismatch_refused(wdir):
     (entry,) = W.read_manifest(wdir)
     path = wdir / entry.file

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--robustness-max', type=_positive_int, default=64, metavar='N')
     p.add_argument('--storage', default='auto', choices=('auto', 'float32', 'float16'),
                    help=f'auto: float16 only above {WHEEL_MAX_MB} MB and only with the same top-1')
+    p.add_argument('--default', action='store_true',
+                   help="make this tag the model's default (first of its model in the manifest); otherwise a new "
+                        "tag goes after the model's others and a replaced one keeps its place")
     p.add_argument('--dataset-name', default=None, help='dataset id for the card (default: from the data folder)')
     p.add_argument('--weights-dir', default=None, metavar='DIR', help='default: $TIMM_STIM_WEIGHTS_DIR or weights/')
     p.add_argument('-b', '--batch-size', type=_positive_int, default=256)
@@ -223,7 +226,7 @@ def _robustness(model, opts, data_args, train_config, data_config, loader, devic
 
 
 def choose_storage(model: nn.Module, state_dict: Dict[str, torch.Tensor], mode: str, top1: float,
-                   loader, device) -> Dict[str, torch.Tensor]:
+                   loader, device, input_size: Optional[Sequence[int]] = None) -> Dict[str, torch.Tensor]:
     """float32, or float16 when asked (or auto and above the wheel limit) and its top-1 is the same."""
     nbytes = sum(v.numel() * v.element_size() for v in state_dict.values())
     if mode == 'float32' or (mode == 'auto' and nbytes <= WHEEL_MAX_MB * 2 ** 20):
@@ -231,7 +234,7 @@ def choose_storage(model: nn.Module, state_dict: Dict[str, torch.Tensor], mode: 
     half = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in half.items()})
     try:
-        top1_half = _top1(model, loader, device)['top1']
+        top1_half = _top1(model, loader, device, input_size)['top1']
     finally:
         model.load_state_dict(state_dict)
     if top1_half == top1:
@@ -302,7 +305,8 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     check_logged(full['top1'], logged, opts.tolerance, opts.skip_log_check, weights)
     depths = _robustness(model, opts, data_args, train_config, data_config, loader, device,
                          args.get('train_split', 'train'))
-    stored = choose_storage(model, state_dict, opts.storage, full['top1'], loader, device)
+    stored = choose_storage(model, state_dict, opts.storage, full['top1'], loader, device,
+                            data_config['input_size'])
     command, changed = train_command(args)
     command = args.get('command') or command  # the literal command line, when the run recorded it
     info = dict(
@@ -320,7 +324,7 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
                         data_dir=str(data_args.data_dir)),
         release_command=' '.join(['timm-stim-release'] + list(argv)))
     return write_weights(stored, model_name, opts.tag, num_classes, opts.weights_dir or weights_dir(),
-                         in_chans=in_chans, checked=True, **info)
+                         in_chans=in_chans, checked=True, default=opts.default, **info)
 
 
 def _dataset_name(data_args: argparse.Namespace) -> str:

@@ -47,7 +47,7 @@ __all__ = [
     'HUB_ORG', 'ENV_WEIGHTS_DIR', 'MANIFEST_NAME', 'WeightsEntry', 'weights_dir', 'read_manifest', 'find_entry',
     'sha256_file', 'verify_file', 'resolve_file', 'resolve_pretrained_cfg', 'add_weights', 'pretrained_tag_cfgs',
     'tagged_default_cfgs', 'write_weights', 'load_checkpoint_state_dict', 'build_checked_model', 'known_models',
-    'write_manifest', 'WHEEL_MAX_MB', 'hub_offline', 'entry_cfg',
+    'write_manifest', 'place_entry', 'WHEEL_MAX_MB', 'hub_offline', 'entry_cfg',
 ]
 
 HUB_ORG = 'timm-stim'
@@ -440,15 +440,18 @@ def write_weights(
         directory: Optional[PathLike] = None,
         in_chans: int = 3,
         checked: bool = False,
+        default: bool = False,
         **info: Any,
 ) -> WeightsEntry:
     """Store `state_dict` as `<model>.<tag>.safetensors` (under `hub/` when larger than `WHEEL_MAX_MB`) and add or
-    replace its manifest entry. All checks run first: on any error nothing is written."""
+    replace its manifest entry: a new tag goes after the model's others, a replaced one keeps its place, and with
+    `default` it goes first (the model's default tag, as in timm). All checks run first: on any error nothing is
+    written."""
     from safetensors.torch import save_file
     if not checked:
         build_checked_model(model, state_dict, num_classes, in_chans)
     directory = _dir(directory)
-    entries = [e for e in read_manifest(directory) if e.name != f'{model}.{tag}']  # strict: never drop entries
+    entries = read_manifest(directory)  # strict: never drop entries
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     nbytes = sum(v.numel() * v.element_size() for v in tensors.values())
     name = ('hub/' if nbytes > WHEEL_MAX_MB * 2 ** 20 else '') + f'{model}.{tag}.safetensors'
@@ -464,8 +467,20 @@ def write_weights(
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
-    write_manifest(entries + [entry], directory)
+    write_manifest(place_entry(entries, entry, default), directory)
     return entry
+
+
+def place_entry(entries: List[WeightsEntry], entry: WeightsEntry, default: bool = False) -> List[WeightsEntry]:
+    """`entries` with `entry` added or replacing its namesake in place; `default` moves it before every other
+    entry of its model (the first tag of a model is its default)."""
+    names = [e.name for e in entries]
+    if entry.name in names and not default:
+        return [entry if e.name == entry.name else e for e in entries]
+    rest = [e for e in entries if e.name != entry.name]
+    ours = [i for i, e in enumerate(rest) if e.model == entry.model]
+    at = (ours[0] if default else ours[-1] + 1) if ours else len(rest)
+    return rest[:at] + [entry] + rest[at:]
 
 
 def add_weights(
