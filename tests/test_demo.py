@@ -98,6 +98,17 @@ def test_pick_depths_spans_the_flops_range():
     assert (2, 2, 2) in picks  # the middle of the range: the balanced configuration
 
 
+def test_picked_depths_stay_in_the_space_the_fine_tune_trains():
+    """ST++'s stpp space on ResNet-20 holds only (3,2,3) besides the full network: the demo measures those, not
+    depths nobody trained; the st space (every prefix) gives the whole FLOPs range."""
+    m = timm.create_model(MODEL, num_classes=10, in_chans=1)
+    stpp = demo.trained_space(m, ['--stim-mode', 'stpp'])
+    assert stpp == [[3], [2, 3], [3]]
+    assert demo.pick_depths(m, demo.INPUT_SIZE, space=stpp) == [(3, 3, 3), (3, 2, 3)]
+    st = demo.trained_space(m, ['--stim-mode', 'stpp', '--stim-space', 'st'])
+    assert demo.pick_depths(m, demo.INPUT_SIZE, space=st) == demo.pick_depths(m, demo.INPUT_SIZE)
+
+
 def test_stim_flags_from_the_weights_record():
     entry = W.WeightsEntry(model=MODEL, tag='t', file='f', sha256='0' * 64, num_classes=10, command=COMMAND)
     flags, where = demo.stim_flags(entry)  # parsed from the command

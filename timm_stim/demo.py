@@ -41,14 +41,15 @@ from timm.models import create_model, get_pretrained_cfg, load_checkpoint, split
 
 from . import train
 from .data import FASHION_MNIST_DIR, fit_channels
-from .depth import check_depths, find_stages
+from .depth import check_depths, depth_ranges, find_stages
 from .elastic import depth_profile
 from .loaders import create_split_loader
 from .models.weights import MANIFEST_NAME, WeightsEntry, find_entry, weights_dir
-from .trainer import add_stim_args
+from .sampling import build_space
+from .trainer import StimConfig, add_stim_args
 from .validate import evaluate_depths, parse_depths, plot_robustness
 
-__all__ = ['build_parser', 'main', 'run', 'resolve_source', 'stim_flags', 'train_argv', 'pick_depths',
+__all__ = ['build_parser', 'main', 'run', 'resolve_source', 'stim_flags', 'train_argv', 'pick_depths', 'trained_space',
            'DemoError', 'Source']
 
 _logger = logging.getLogger('demo')
@@ -241,12 +242,25 @@ def train_argv(opts: argparse.Namespace, source: Source, stim: Sequence[str], am
 
 
 # --------------------------------------------------------------------------------------------- depths
-def pick_depths(model: torch.nn.Module, input_size: Sequence[int], count: int = 5) -> List[Tuple[int, ...]]:
+def trained_space(model: torch.nn.Module, stim: Sequence[str]) -> List[List[int]]:
+    """Per-stage kept-sets that the `--stim-*` flags `stim` train (their sampling space on `model`)."""
+    parser = argparse.ArgumentParser()
+    add_stim_args(parser)
+    args = parser.parse_args(list(stim))
+    return build_space(StimConfig.from_args(args).space, depth_ranges(find_stages(model)))
+
+
+def pick_depths(model: torch.nn.Module, input_size: Sequence[int], count: int = 5,
+                space: Optional[Sequence[Sequence[int]]] = None) -> List[Tuple[int, ...]]:
     """`count` configurations spanning the FLOPs range: the full network, the smallest, and between them the
     ones nearest to evenly spaced FLOPs; among equal FLOPs the most balanced one (kept fractions of the stages
-    closest), then the one keeping more of the later stages. Full network first, FLOPs decreasing."""
+    closest), then the one keeping more of the later stages. Full network first, FLOPs decreasing. With `space`
+    (per-stage kept-sets) only the configurations it holds, which the fine-tune trains, and the full network."""
     stages = find_stages(model)
     profile = depth_profile(model, input_size)
+    if space is not None:
+        full = max(p['flops'] for p in profile)
+        profile = [p for p in profile if p['flops'] == full or all(d in k for d, k in zip(p['depths'], space))]
     lo, hi = min(p['flops'] for p in profile), max(p['flops'] for p in profile)
 
     def spread(depths):
@@ -264,15 +278,16 @@ def pick_depths(model: torch.nn.Module, input_size: Sequence[int], count: int = 
     return sorted(picks, key=lambda d: -flops[d])
 
 
-def _configs(opts: argparse.Namespace, source: Source) -> List[Tuple[int, ...]]:
-    """The configurations to measure, checked before any training (a skeleton of the architecture)."""
+def _configs(opts: argparse.Namespace, source: Source, stim: Sequence[str]) -> List[Tuple[int, ...]]:
+    """The configurations to measure, checked before any training (a skeleton of the architecture): `--depths`,
+    else `pick_depths` within the space that the fine-tune's `--stim-*` flags train."""
     skeleton = create_model(source.arch, num_classes=NUM_CLASSES, in_chans=INPUT_SIZE[0])
     try:
         stages = find_stages(skeleton)
     except TypeError as e:
         raise DemoError(f'--model {source.name}: {e}') from None
     if not opts.depths:
-        return pick_depths(skeleton, INPUT_SIZE)
+        return pick_depths(skeleton, INPUT_SIZE, space=trained_space(skeleton, stim))
     try:
         return [check_depths(stages, d) for d in opts.depths]
     except ValueError as e:
@@ -366,8 +381,8 @@ def run(opts: argparse.Namespace, argv: Optional[Sequence[str]] = None, quiet: b
     t0 = time.time()
     check_dataset(opts.data_dir)
     source = resolve_source(opts.model, need_weights=not opts.from_scratch)
-    configs = _configs(opts, source)
     stim, stim_from = stim_flags(source.entry)
+    configs = _configs(opts, source, stim)
     torch.set_num_threads(opts.threads)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     amp = not opts.no_amp and bf16_supported(device)
