@@ -90,6 +90,18 @@ def test_tag_order_sets_the_default_and_rereleases_keep_their_place(wdir, tmp_pa
     assert next(iter(k for k in cfgs if k.startswith(MODEL))) == f'{MODEL}.third'
 
 
+def test_a_tag_trained_at_32_px_states_its_size_pool_and_how_to_fine_tune(wdir, tmp_path):
+    """An ImageNet-layout model released from CIFAR-10 (32 px): its tag's cfg says 32x32 and a 1x1 final feature map
+    (not the base cfg's 224 / 7x7), 10 classes, and that fine-tuning to other sizes and classes works as in timm."""
+    W.add_weights(tmp_path / 'trained.safetensors', MODEL, 'small', num_classes=10, directory=wdir,
+                  input_size=[3, 32, 32], dataset='cifar10')
+    base = {MODEL: dict(num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7))}
+    cfg = W.pretrained_tag_cfgs(base, wdir)[f'{MODEL}.small']
+    assert cfg['input_size'] == (3, 32, 32) and cfg['pool_size'] == (1, 1) and cfg['num_classes'] == 10
+    assert 'Input 32x32 px, 10 classes; fine-tune to other sizes and class counts' in cfg['description']
+    assert W.pretrained_tag_cfgs(base, wdir)[f'{MODEL}.{TAG}']['pool_size'] == (7, 7)  # no size recorded: as base
+
+
 def test_sha256_mismatch_refused(wdir):
     (entry,) = W.read_manifest(wdir)
     path = wdir / entry.file

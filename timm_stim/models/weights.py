@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -128,6 +129,10 @@ class WeightsEntry:
             parts.append(f'Command: `{self.command}`.')
         if self.metrics:
             parts.append('Measured: ' + ', '.join(f'{k} {v}' for k, v in self.metrics.items()) + '.')
+        if self.input_size:
+            parts.append(f'Input {self.input_size[-2]}x{self.input_size[-1]} px, {self.num_classes} classes; '
+                         f'fine-tune to other sizes and class counts as with any timm model (num_classes=..., '
+                         f'the data config\'s input size).')
         return ' '.join(parts)
 
 
@@ -329,8 +334,18 @@ def pretrained_tag_cfgs(
                 _warn_once(f'{_dir(directory) / MANIFEST_NAME}: entry {entry.name} names unknown model '
                               f'{entry.model!r}; skipping it. Known: {sorted(set(base_cfgs) | set(others))}.')
             continue
-        cfgs[entry.name] = {**base_cfgs[entry.model], **entry_cfg(entry)}
+        cfgs[entry.name] = _pool_at_input_size({**base_cfgs[entry.model], **entry_cfg(entry)},
+                                               base_cfgs[entry.model])
     return cfgs
+
+
+def _pool_at_input_size(cfg: Dict[str, Any], base: Dict[str, Any]) -> Dict[str, Any]:
+    """A tag trained at another input size than its base cfg (resnet50_stim on CIFAR-10: 32 px, not 224) gets
+    the final feature map of that size as `pool_size` (1x1, not 7x7), as timm's cfgs state it."""
+    if base.get('pool_size') and base.get('input_size') and tuple(cfg['input_size']) != tuple(base['input_size']):
+        cfg['pool_size'] = tuple(max(1, math.ceil(p * n / b)) for p, n, b in
+                                 zip(base['pool_size'], cfg['input_size'][-2:], base['input_size'][-2:]))
+    return cfg
 
 
 def entry_cfg(entry: WeightsEntry) -> Dict[str, Any]:
