@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, command_line, git_commit, machine_info, write_report  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from timm_stim.bf16_conv import guard_strided_convs  # noqa: E402
+from timm_stim.bf16_conv import strided_conv_guard  # noqa: E402
 
 OUT = ROOT / 'benchmarks' / 'results' / 'bf16_conv.json'
 # (in channels, out channels, input px, kernel, stride): ResNet layer4.0 / layer3.0 shapes and neighbours
@@ -34,10 +35,9 @@ CASES = [(256, 512, 1, 3, 2), (128, 256, 1, 3, 2), (64, 128, 1, 3, 2), (256, 512
 def weight_grad_wrong(cin: int, cout: int, px: int, k: int, stride: int, guarded: bool, dtype: torch.dtype,
                       batch: int = 128) -> bool:
     conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False).to(memory_format=torch.channels_last)
-    if guarded:
-        guard_strided_convs(conv)
     x = torch.randn(batch, cin, px, px).to(memory_format=torch.channels_last)
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16), \
+            strided_conv_guard() if guarded else nullcontext():
         y = conv(x)
     g = torch.randn(y.shape).to(y.dtype)
     y.backward(g)

@@ -1,21 +1,29 @@
 """A guard against a CPU bfloat16 bug: the weight gradient of a strided convolution on a 1x1 input is garbage.
 
 On this project's CPU (oneDNN in torch 2.14.1, AVX-512 BF16), under `torch.autocast('cpu', torch.bfloat16)` the
-weight gradient of a 3x3 (or 5x5) convolution with stride 2 whose input is 1x1 px comes back wrong in about half
-of the calls: inf, NaN or values 1e30 off, while float32 and every other input size we tried are exact
-(`benchmarks/bf16_conv.py`). timm's ResNets meet that case as soon as an image is under 17 px at their stride-2
-`layer4`: ST++'s smaller inputs for a 32-px CIFAR image (0.43 x 32 = 14 px) do, and the first weight of
-`layer4.0` then turns into garbage within a few steps.
+weight gradient of a 3x3 (or 5x5) convolution with stride 2 whose input is 1x1 px comes back wrong in most calls:
+inf, NaN or values 1e30 off, while float32 and every other input size we tried are right
+(`benchmarks/bf16_conv.py`). It reads stale memory, so a fresh process may not show it. timm's ResNets meet the
+case as soon as an image is under 17 px at their stride-2 `layer4`: ST++'s smaller inputs for a 32-px CIFAR image
+(0.43 x 32 = 14 px) do, and the weights of `layer4.0` turned into garbage within a few steps.
 
-`guard_strided_convs` makes every strided `nn.Conv2d` of a model run that one case in float32 (autocast off);
-everything else stays in bfloat16. The check costs a shape comparison per strided convolution.
+`strided_conv_guard()` is a context in which every `nn.Conv2d` with a stride above 1 runs that one case in float32
+(autocast off, output cast back to the autocast dtype); everything else stays in bfloat16. `StimulativeTrainer`
+runs its forward passes in it. Nothing on the model changes (its classes, hooks and state dict stay timm's), so
+exported and scripted modules need no timm_stim. Subclasses that do not go through `nn.Conv2d._conv_forward`
+(timm's `Conv2dSame`) are not covered.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
 
-__all__ = ['Float32OnTinyInputConv2d', 'guard_strided_convs', 'needs_float32']
+__all__ = ['strided_conv_guard', 'needs_float32']
+
+_PLAIN_CONV_FORWARD = nn.Conv2d._conv_forward
 
 
 def needs_float32(x: torch.Tensor) -> bool:
@@ -23,23 +31,24 @@ def needs_float32(x: torch.Tensor) -> bool:
     return x.device.type == 'cpu' and min(x.shape[-2:]) == 1 and torch.is_autocast_enabled('cpu')
 
 
-class Float32OnTinyInputConv2d(nn.Conv2d):
-    """`nn.Conv2d` (same parameters and state dict) that runs in float32 when `needs_float32` says so."""
+def _guarded_conv_forward(self: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
+                          bias: Optional[torch.Tensor]) -> torch.Tensor:
+    if max(self.stride) > 1 and needs_float32(x):
+        dtype = torch.get_autocast_dtype('cpu')
+        with torch.autocast('cpu', enabled=False):
+            return _PLAIN_CONV_FORWARD(self, x.float(), weight.float(),
+                                       None if bias is None else bias.float()).to(dtype)
+    return _PLAIN_CONV_FORWARD(self, x, weight, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if needs_float32(x):
-            dtype = torch.get_autocast_dtype('cpu')
-            with torch.autocast('cpu', enabled=False):
-                return super().forward(x.float()).to(dtype)
-        return super().forward(x)
 
-
-def guard_strided_convs(model: nn.Module) -> int:
-    """Give every plain `nn.Conv2d` of `model` with a stride above 1 the float32 fallback (its class becomes
-    `Float32OnTinyInputConv2d`; weights, hooks and state dict are unchanged). Returns how many were guarded."""
-    count = 0
-    for m in model.modules():
-        if type(m) is nn.Conv2d and max(m.stride) > 1:
-            m.__class__ = Float32OnTinyInputConv2d
-            count += 1
-    return count
+@contextmanager
+def strided_conv_guard() -> Iterator[None]:
+    """Within it, strided `nn.Conv2d`s run 1-px inputs in float32 under CPU autocast (re-entrant)."""
+    if nn.Conv2d._conv_forward is _guarded_conv_forward:
+        yield
+        return
+    nn.Conv2d._conv_forward = _guarded_conv_forward
+    try:
+        yield
+    finally:
+        nn.Conv2d._conv_forward = _PLAIN_CONV_FORWARD

@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.task import ClassificationTask
 from timm.utils.model import unwrap_model
 
-from .bf16_conv import guard_strided_convs
+from .bf16_conv import strided_conv_guard
 from .depth import MultiDepthForward, compile_blocks, depth_ranges, find_stages, recalibrate_bn, run_subnetworks
 from .losses import DEFAULT_AMPLITUDE, kl, kl_minus, normalize_logits
 from .sampling import SPACES, DepthSampler, build_space, parse_space
@@ -192,10 +192,6 @@ class StimulativeTrainer(ClassificationTask):
         if stim is not None and stim_kwargs:
             raise ValueError('pass either stim=StimConfig(...) or keyword knobs, not both.')
         self.stim = (stim or StimConfig(**stim_kwargs)).resolved()
-        guarded = guard_strided_convs(model)  # CPU bfloat16 bug: strided convs on 1x1 inputs run in float32
-        if verbose and guarded:
-            _logger.info(f'StimulativeTrainer: {guarded} strided convolutions run in float32 on 1-px inputs under CPU '
-                         f'bfloat16 autocast (timm_stim.bf16_conv: the weight gradient is wrong there)')
         if self.stim.mode != 'off':
             _check_smaller_inputs(model, self.stim)
             stages = find_stages(model)
@@ -214,7 +210,8 @@ class StimulativeTrainer(ClassificationTask):
         cfg = self.stim
         plan = [(self.sampler.sample_depths(), self.sampler.sample_size(input.shape[-2], cfg.min_scale))
                 for _ in range(cfg.subnets)]
-        outputs = self._passes(input, plan)
+        with strided_conv_guard():  # CPU bfloat16: 1-px inputs of strided convs in float32 (timm_stim.bf16_conv)
+            outputs = self._passes(input, plan)
         z_main = outputs[0]
         direction_only = cfg.loss == 'kl-'
 
