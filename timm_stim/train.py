@@ -557,13 +557,13 @@ def _prepare_model(args: argparse.Namespace, task: StimulativeTrainer, model: nn
     return unwrap_model(task.get_trainable_module())
 
 
-def _open_output(state: RunState, data_config: Dict[str, Any], ckpt, resume_path: Optional[str]) -> None:
+def _open_output(state: RunState, ckpt, resume_path: Optional[str]) -> None:
     """Rank 0: the run directory, its checkpoint saver (history continued on resume), args.yaml, summary.csv."""
     args = state.args
     if not utils.is_primary(args):
         return
     exp_name = args.experiment or '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model),
-                                            args.stim_mode, str(data_config['input_size'][-1])])
+                                            args.stim_mode, str(state.data_config['train']['input_size'][-1])])
     state.output_dir = utils.get_outdir(args.output or './output/train', exp_name)
     state.saver = StimCheckpointSaver(
         model=state.task.get_trainable_module(), optimizer=state.optimizer, args=args, amp_scaler=state.loss_scaler,
@@ -611,7 +611,7 @@ def build_run(args: argparse.Namespace) -> RunState:
                      progress=restore_progress(ckpt, args, lr_scheduler, updates_per_epoch),
                      last_checkpoint=resume_path,
                      data_config=dict(train=recorded_data_config(data_config), eval=recorded_data_config(eval_config)))
-    _open_output(state, data_config, ckpt, resume_path)
+    _open_output(state, ckpt, resume_path)
     if ckpt is not None:
         restore_rng(ckpt, args, state.progress.epoch)
     if utils.is_primary(args):
