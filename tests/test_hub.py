@@ -94,6 +94,9 @@ def test_release_records_measured_numbers(released, run_dir):
         r['flops'] for r in entry.depths)
     assert entry.stats['params_m'] > 0.2 and entry.label_names[0] == 'airplane'
     assert entry.input_size == [3, 32, 32] and entry.storage_dtype == 'float32'
+    from timm_stim.cards import depth_table
+    assert ev['depth_configurations'] == 27  # ResNet-20: 3 x 3 x 3; the card says the sweep was a sample
+    assert 'over a seeded sample of 4 of the 27 configurations (the full network included)' in depth_table(entry)
 
 
 def test_pretrained_gives_reevaluated_top1(released):

@@ -236,8 +236,11 @@ def depth_table(entry: WeightsEntry) -> str:
                     f'{r["flops"] / 1e6:.1f} | {100 * r["flops_share"]:.0f}% |')
     tops = [r['top1'] for r in entry.depths]
     bn = entry.evaluation.get('bn_recalib')
+    total = entry.evaluation.get('depth_configurations')
+    which = (f'a seeded sample of {len(tops)} of the {total} configurations (the full network included)'
+             if total and total > len(tops) else f'{len(tops)} configurations')
     note = (f'\nBN statistics re-estimated on {bn} training images for each configuration; over '
-            f'{len(tops)} configurations top-1 is {min(tops):.2f} min, {statistics.fmean(tops):.2f} mean.\n')
+            f'{which} top-1 is {min(tops):.2f} min, {statistics.fmean(tops):.2f} mean.\n')
     return '\n'.join(rows) + '\n' + note
 
 

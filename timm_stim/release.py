@@ -37,6 +37,7 @@ from timm import utils
 from timm.data import resolve_data_config
 
 from .data import data_config_at, fit_channels
+from .depth import valid_depths
 from .models import CIFAR_ARCHS, STIM_BASES
 from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, load_checkpoint_state_dict,
                              weights_dir, write_weights)
@@ -321,7 +322,7 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
         stats=model_stats(model.cpu(), data_config['input_size'], full['flops']),
         evaluation=dict(split=split, num_images=_num_images(loader), precision='float32',
                         logged_top1=logged, tolerance=opts.tolerance, bn_recalib=opts.bn_recalib,
-                        data_dir=str(data_args.data_dir)),
+                        data_dir=str(data_args.data_dir), depth_configurations=len(valid_depths(model))),
         release_command=' '.join(['timm-stim-release'] + list(argv)))
     return write_weights(stored, model_name, opts.tag, num_classes, opts.weights_dir or weights_dir(),
                          in_chans=in_chans, checked=True, default=opts.default, **info)
