@@ -152,17 +152,18 @@ LAYOUTS = {'1x1t': (1, 1), '1x2t': (1, 2), '2x1t': (2, 1)}  # (processes side by
 
 
 def sweep_worker(model_name: str, precision: str, mode: str, steps: int, threads: int, data_dir: str) -> float:
-    """img/s of one training process: channels-last, SGD, `StimulativeTrainer(mode)` (stpp: K=1), autocast."""
+    """img/s of one training process: channels-last, SGD, `StimulativeTrainer(mode)` (stpp: K=1), autocast.
+    `mode` may also be a JSON object of `StimConfig` fields (an arm of benchmarks/cifar10.py, see arm_cost.py)."""
     from contextlib import nullcontext
     torch.set_num_threads(threads)
     data = load_image_tensors('', data_dir, 'train', subset=128 * (steps + 8))
     loader = TensorLoader(data, 128, True, MEAN, STD, seed=0, channels_last=True)
     model = _model(model_name, channels_last=True)
-    task = StimulativeTrainer(model, criterion=nn.CrossEntropyLoss(), mode=mode, verbose=False,
-                              **({'subnets': 1} if mode == 'stpp' else {}))
+    stim = json.loads(mode) if mode.startswith('{') else dict(mode=mode, **({'subnets': 1} if mode == 'stpp' else {}))
+    task = StimulativeTrainer(model, criterion=nn.CrossEntropyLoss(), verbose=False, **stim)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     autocast = (lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if precision == 'bf16' else nullcontext
-    if mode == 'stpp':  # every sub-network input size once, so one-off kernel set-up is not timed
+    if task.stim.mode != 'off':  # every sub-network input size once, so one-off kernel set-up is not timed
         for side in range(int(task.stim.min_scale * 32), 33):
             with autocast():
                 model(torch.randn(4, 3, side, side).contiguous(memory_format=torch.channels_last)).sum().backward()
