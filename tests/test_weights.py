@@ -125,6 +125,47 @@ def test_truncated_file_refused(wdir):
         W.verify_file(path, WeightsEntry(**{**entry.__dict__, 'size': None}))
 
 
+def test_large_weights_are_committed_as_parts_that_a_clone_joins(tmp_path, monkeypatch):
+    """A file above the wheel limit goes to weights/hub/ (git-ignored) and is written again as byte parts that git
+    holds; a clone without the file joins the parts on first use and checks the sha256 of the whole; damaged or
+    missing parts are refused with a clear error; pretrained=True then loads offline."""
+    monkeypatch.setattr(W, 'WHEEL_MAX_MB', 0.5)  # the 1.1 MB ResNet-20 counts as large
+    monkeypatch.setattr(W, 'GIT_PART_MB', 0.4)
+    d, src = tmp_path / 'weights', tmp_path / 'trained.safetensors'
+    sd = _checkpoint(src)
+    entry = W.add_weights(src, MODEL, 'big', num_classes=10, directory=d)
+    full = d / entry.file
+    assert entry.file == f'hub/{MODEL}.big.safetensors'
+    parts = W.part_files(full)
+    assert [p.name[len(full.name):] for p in parts] == ['.part1of3', '.part2of3', '.part3of3']
+    assert max(p.stat().st_size for p in parts) <= 0.4 * 2 ** 20
+    assert b''.join(p.read_bytes() for p in parts) == full.read_bytes()
+    ignored = (ROOT / 'weights' / '.gitignore').read_text().split()
+    assert 'hub/*.safetensors' in ignored and 'hub/' not in ignored  # git keeps the parts, not the file
+    good = [p.read_bytes() for p in parts]
+    full.unlink()  # as in a fresh clone
+    assert W.resolve_file(entry, d) == full and W.sha256_file(full) == entry.sha256
+    raw = bytearray(parts[1].read_bytes())
+    raw[10] ^= 0xFF
+    parts[1].write_bytes(bytes(raw))
+    full.unlink()
+    with pytest.raises(ValueError, match='sha256'):
+        W.resolve_file(entry, d)
+    parts[1].unlink()
+    with pytest.raises(ValueError, match='incomplete'):
+        W.resolve_file(entry, d)
+    for p, data in zip(parts, good):  # the good parts again, and no joined file
+        p.write_bytes(data)
+    (d / entry.file).unlink(missing_ok=True)
+    torch.save(sd['fc.weight'], tmp_path / 'fc.pt')
+    out = _run(f"""
+        import timm, timm_stim, torch
+        m = timm.create_model('{MODEL}.big', pretrained=True)
+        print('OK', torch.equal(m.fc.weight, torch.load({str(tmp_path / 'fc.pt')!r})))
+        """, dict(TIMM_STIM_WEIGHTS_DIR=str(d)))
+    assert out.returncode == 0 and 'OK True' in out.stdout, out.stderr[-2000:]
+
+
 def test_missing_local_and_hub_offline_is_clear(wdir, monkeypatch, tmp_path):
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from .models.weights import WHEEL_MAX_MB, WeightsEntry, read_manifest
+from .models.weights import GIT_PART_MB, WHEEL_MAX_MB, WeightsEntry, read_manifest
 
 __all__ = ['model_card', 'zoo_card', 'load_results', 'arm_stats', 'write_zoo_card', 'card_data']
 
@@ -298,7 +298,7 @@ def model_card(entry: WeightsEntry, runs: Sequence[Dict[str, Any]] = (), plot: O
 # ------------------------------------------------------------------------------------------------- zoo
 def _zoo_row(e: WeightsEntry) -> str:
     tops = [r['top1'] for r in e.depths]
-    where = 'Hub only (pinned)' if e.file.startswith('hub/') else 'wheel + Hub'
+    where = 'git (parts) + Hub' if e.file.startswith('hub/') else 'wheel + Hub'
     sub = f'{min(tops):.2f} / {statistics.fmean(tops):.2f}' if tops else '-'
     return (f'| `{e.name}` | {_DATASETS.get(e.dataset, e.dataset)} | {_fmt(e.metrics.get("top1"))} | {sub} | '
             f'{_fmt(e.stats.get("params_m"))} | {_fmt(e.stats.get("gmacs"), 3)} | {where} | `{e.hub_id}` |')
@@ -338,10 +338,12 @@ model = timm.create_model('<model>.<tag>', pretrained=True, num_classes=100)   #
 ## Where the weights live
 - A stored file of at most {WHEEL_MAX_MB} MB is `weights/<model>.<tag>.safetensors`: committed, shipped inside the
   wheel (PyPI limit 100 MB) and also pushed to the Hub.
-- A larger one is `weights/hub/<model>.<tag>.safetensors`, kept out of git and the wheel and fetched from the Hub at
-  the revision pinned in the manifest (`hf_hub_id` = `org/name@<commit>`); its sha256 is checked like a local file.
-  Large files are stored in float16 only when float16 gives the same top-1.
-- A clone serves every file in `weights/` offline; `HF_HUB_OFFLINE=1` makes a missing file fail at once.
+- A larger one is `weights/hub/<model>.<tag>.safetensors`, kept out of the wheel. Git holds it as byte parts of at
+  most {GIT_PART_MB} MB (`<file>.part1of2`, ...; GitHub refuses files over 100 MB), which a clone joins on first use;
+  an installed wheel fetches it from the Hub at the revision pinned in the manifest (`hf_hub_id` =
+  `org/name@<commit>`). Its sha256 is checked like any local file's. Large files are stored in float16 only when
+  float16 gives the same top-1.
+- A clone serves every tag offline; `HF_HUB_OFFLINE=1` makes a missing file fail at once.
 
 ## Limitations
 {LIMITATIONS}

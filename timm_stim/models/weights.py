@@ -20,11 +20,13 @@ file's sha256 must match the manifest, or loading is refused with an error namin
 The weights directory is, in order: `$TIMM_STIM_WEIGHTS_DIR`, the installed package's `timm_stim/_weights/`,
 the source checkout's `weights/`.
 
-Where weights live (a PyPI wheel may be at most 100 MB): a stored file of at most `WHEEL_MAX_MB` (25 MB) is
-`weights/<model>.<tag>.safetensors`, committed and shipped inside the wheel; a larger one is
-`weights/hub/<model>.<tag>.safetensors`, kept out of git and the wheel (`weights/.gitignore`, package data is
-top-level `*.safetensors` only) and fetched from the Hub at the pinned revision of `hf_hub_id`
-(`org/name@<commit>`), its sha256 checked like a local file. A clone serves every file it holds offline.
+Where weights live (a PyPI wheel may be at most 100 MB, a file on GitHub 100 MB): a stored file of at most
+`WHEEL_MAX_MB` (25 MB) is `weights/<model>.<tag>.safetensors`, committed and shipped inside the wheel; a larger one
+is `weights/hub/<model>.<tag>.safetensors`, kept out of the wheel (package data is top-level `*.safetensors`
+only) and out of git (`weights/.gitignore`), and committed instead as byte parts of at most `GIT_PART_MB`
+(`<file>.part1of2`, ...; `split_parts`). A clone joins the parts on first use (`join_parts`); an installed wheel
+fetches the file from the Hub at the pinned revision of `hf_hub_id` (`org/name@<commit>`). Either way its sha256
+is checked like any local file's.
 
 A broken manifest entry never breaks `import timm_stim`: the registry skips it with a warning naming the
 manifest file (`read_manifest(strict=False)`); the writers (`add_weights`, the release command) stay strict.
@@ -33,10 +35,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import hashlib
 import json
 import math
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,13 +52,15 @@ __all__ = [
     'HUB_ORG', 'ENV_WEIGHTS_DIR', 'MANIFEST_NAME', 'WeightsEntry', 'weights_dir', 'read_manifest', 'find_entry',
     'sha256_file', 'verify_file', 'resolve_file', 'resolve_pretrained_cfg', 'add_weights', 'pretrained_tag_cfgs',
     'tagged_default_cfgs', 'write_weights', 'load_checkpoint_state_dict', 'build_checked_model', 'known_models',
-    'write_manifest', 'place_entry', 'WHEEL_MAX_MB', 'hub_offline', 'entry_cfg',
+    'write_manifest', 'place_entry', 'WHEEL_MAX_MB', 'GIT_PART_MB', 'hub_offline', 'entry_cfg', 'part_files',
+    'split_parts', 'join_parts',
 ]
 
 HUB_ORG = 'timm-stim'
 ENV_WEIGHTS_DIR = 'TIMM_STIM_WEIGHTS_DIR'
 MANIFEST_NAME = 'manifest.json'
-WHEEL_MAX_MB = 25  # larger stored files live on the Hub only (weights/hub/, not in git or the wheel)
+WHEEL_MAX_MB = 25  # larger stored files live in weights/hub/: out of the wheel, in git as parts, on the Hub
+GIT_PART_MB = 90  # the largest committed part of a weights/hub/ file (GitHub refuses files over 100 MB)
 _CFG_OVERRIDES = ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'license', 'hf_hub_filename',
                   'label_names')
 
@@ -280,8 +286,15 @@ def resolve_file(
     local HF cache is consulted (no network retries).
     """
     local = _dir(directory) / entry.file
+    parts = part_files(local)  # a clone: the committed parts of a weights/hub/ file
     if local.exists():
-        return verify_file(local, entry)
+        try:
+            return verify_file(local, entry)
+        except ValueError:
+            if not parts:
+                raise  # a joined file older than its parts (a re-released tag) is joined again below
+    if parts:
+        return verify_file(join_parts(local), entry)
     offline = hub_offline()
     try:
         from huggingface_hub import hf_hub_download
@@ -294,6 +307,54 @@ def resolve_file(
             f'weights for {entry.name}: no local file {local} and the Hub copy {entry.hub_id}/'
             f'{entry.hf_hub_filename} could not be fetched ({type(e).__name__}: {e}). {hint}') from e
     return verify_file(downloaded, entry)
+
+
+def part_files(path: PathLike) -> List[Path]:
+    """The committed parts of `path` (`<name>.part1ofN` ... `<name>.partNofN`) in order; [] when there are none."""
+    path = Path(path)
+    found = sorted(path.parent.glob(f'{glob.escape(path.name)}.part*of*')) if path.parent.is_dir() else []
+    counts = {p.name.rsplit('of', 1)[-1] for p in found}
+    if not found:
+        return []
+    n = int(counts.pop()) if len(counts) == 1 and next(iter(counts)).isdigit() else -1
+    expected = [path.with_name(f'{path.name}.part{i}of{n}') for i in range(1, n + 1)]
+    if n < 1 or found != sorted(expected) or len(found) != n:
+        raise ValueError(f'weights parts of {path} are incomplete or mixed: {[p.name for p in found]}; expected '
+                         f'{path.name}.part1ofN ... partNofN. Fetch them again (git checkout / git pull).')
+    return expected
+
+
+def split_parts(path: PathLike, part_mb: Optional[float] = None) -> List[Path]:
+    """Write `path` as byte parts of at most `part_mb` (default `GIT_PART_MB`) MB next to it: what git holds of a
+    weights/hub/ file."""
+    path = Path(path)
+    size, step = path.stat().st_size, int((part_mb or GIT_PART_MB) * 2 ** 20)
+    n = max(1, math.ceil(size / step))
+    for old in path.parent.glob(f'{glob.escape(path.name)}.part*of*'):
+        old.unlink()
+    parts = []
+    with open(path, 'rb') as f:
+        for i in range(1, n + 1):
+            part = path.with_name(f'{path.name}.part{i}of{n}')
+            part.write_bytes(f.read(step))
+            parts.append(part)
+    return parts
+
+
+def join_parts(path: PathLike) -> Path:
+    """Join the parts of `path` into `path` (atomically); when its folder is read-only, into timm_stim's cache."""
+    path = Path(path)
+    parts = part_files(path)
+    target = path if os.access(path.parent, os.W_OK) else \
+        Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'timm_stim' / 'weights' / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + '.tmp')
+    with open(tmp, 'wb') as out:
+        for part in parts:
+            with open(part, 'rb') as f:
+                shutil.copyfileobj(f, out, 2 ** 22)
+    os.replace(tmp, target)
+    return target
 
 
 def resolve_pretrained_cfg(cfg: Any, directory: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None):
@@ -480,6 +541,8 @@ def write_weights(
                              num_classes=int(num_classes), storage_dtype='/'.join(sorted(dtypes)) or 'float32',
                              **info)
         os.replace(tmp, dst)
+        if name.startswith('hub/'):
+            split_parts(dst)  # what git holds of it
     finally:
         tmp.unlink(missing_ok=True)
     write_manifest(place_entry(entries, entry, default), directory)
