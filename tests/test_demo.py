@@ -109,6 +109,15 @@ def test_picked_depths_stay_in_the_space_the_fine_tune_trains():
     assert demo.pick_depths(m, demo.INPUT_SIZE, space=st) == demo.pick_depths(m, demo.INPUT_SIZE)
 
 
+def test_precision_follows_how_the_weights_were_trained():
+    """MobileNetV3 trains in float32 here (bfloat16 is 2.2x slower for it): its tags fine-tune in float32."""
+    entry = lambda **a: W.WeightsEntry(model=MODEL, tag='t', file='f', sha256='0' * 64, num_classes=10,  # noqa: E731
+                                       train_args=a)
+    assert demo.trained_in_low_precision(entry(stim_mode='stpp', amp=True, amp_dtype='bfloat16'))
+    assert not demo.trained_in_low_precision(entry(stim_mode='stpp'))  # no --amp recorded: float32
+    assert demo.trained_in_low_precision(None) and demo.trained_in_low_precision(entry())  # no record: default
+
+
 def test_stim_flags_from_the_weights_record():
     entry = W.WeightsEntry(model=MODEL, tag='t', file='f', sha256='0' * 64, num_classes=10, command=COMMAND)
     flags, where = demo.stim_flags(entry)  # parsed from the command

@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--threads', type=train._positive_int, default=_threads_default(), metavar='N',
                    help='torch CPU threads (default: every core this process may use)')
     p.add_argument('--no-amp', action='store_true',
-                   help='float32 throughout (default: bfloat16 autocast when the CPU / GPU supports it)')
+                   help='float32 throughout (default: bfloat16 autocast when the CPU / GPU supports it, unless the '
+                        'weights were trained in float32, as MobileNetV3 is here: bfloat16 slows its depthwise '
+                        'convolutions)')
     p.add_argument('--from-scratch', action='store_true',
                    help='same schedule from random initialisation (the comparison of benchmarks/finetune.py)')
     p.add_argument('--seed', type=int, default=0)
@@ -211,6 +213,12 @@ def stim_flags(entry: Optional[WeightsEntry]) -> Tuple[List[str], str]:
 def _method(stim: Sequence[str]) -> str:
     """'ST++' or 'ST', from the `--stim-mode` of the flags."""
     return 'ST' if list(stim)[list(stim).index('--stim-mode') + 1] == 'st' else 'ST++'
+
+
+def trained_in_low_precision(entry: Optional[WeightsEntry]) -> bool:
+    """False when the weights' recorded training ran in float32 (their train_args record no `amp`): the demo then
+    fine-tunes in float32 too. Weights without a record, and random initialisation, count as low precision."""
+    return entry is None or not entry.train_args or bool(entry.train_args.get('amp'))
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -385,7 +393,7 @@ def run(opts: argparse.Namespace, argv: Optional[Sequence[str]] = None, quiet: b
     configs = _configs(opts, source, stim)
     torch.set_num_threads(opts.threads)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    amp = not opts.no_amp and bf16_supported(device)
+    amp = not opts.no_amp and bf16_supported(device) and trained_in_low_precision(source.entry)
     n_all = _idx_count(Path(opts.data_dir) / FILES[0])
     n_train = min(opts.train_subset or n_all, n_all)
     per_epoch = max(n_train // BATCH_SIZE, 1)
