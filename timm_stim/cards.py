@@ -90,7 +90,9 @@ def load_results(results_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
         except (OSError, json.JSONDecodeError):
             continue
         if isinstance(data, dict) and isinstance(data.get('runs'), list):
-            runs += [dict(run, results_file=path.name) for run in data['runs'] if isinstance(run, dict)]
+            arms = data.get('arms') if isinstance(data.get('arms'), dict) else {}
+            runs += [dict(run, results_file=path.name, arm_description=arms.get(run.get('arm')))
+                     for run in data['runs'] if isinstance(run, dict)]
     return runs
 
 
@@ -123,6 +125,7 @@ def arm_stats(runs: Sequence[Dict[str, Any]], model: str, dataset: str,
                           sub_mean=statistics.fmean(subs) if subs else None,
                           sub_sd=statistics.stdev(subs) if len(subs) > 1 else (0.0 if subs else None),
                           hours=statistics.fmean(hours) if hours else None,
+                          description=next((r['arm_description'] for r in items if r.get('arm_description')), None),
                           files=sorted({r['results_file'] for r in items}))
     return stats
 
@@ -380,7 +383,8 @@ def headline(runs: Sequence[Dict[str, Any]]) -> str:
         diff = f'{st["mean"] - base["mean"]:+.2f} pt top-1'
         if st['sub_mean'] is not None and base['sub_mean'] is not None:
             diff += f', {st["sub_mean"] - base["sub_mean"]:+.1f} pt sub-network mean'
-        text += f'; `{name}` {arm("", st)[1:]} ({diff})'
+        what = f' ({st["description"]})' if st.get('description') else ''
+        text += f'; `{name}`{what} {arm("", st)[1:]} ({diff})'
     return text + '.'
 
 
