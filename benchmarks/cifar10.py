@@ -100,17 +100,27 @@ STASH_FILES = ('args.yaml', 'summary.csv', 'command.txt', 'train.log')
 
 def stash(args) -> None:
     """Copy each unfinished run's newest resumable checkpoint (and its logs) into benchmarks/checkpoints/, to be
-    committed: the next session resumes from there even on a machine without the run directory."""
+    committed: the next session resumes from there even on a machine without the run directory. The stash of a
+    run that has finished since is removed."""
     import shutil
     sys.path.insert(0, str(ROOT))
     from timm_stim.checkpoint import find_resume_checkpoint
     for d in sorted(_runs_dir(args).glob('*')):
         rows = _summary(d)
-        if not (d / 'args.yaml').exists() or (rows and len(rows) == int(_args(d)['epochs'])):
+        if not (d / 'args.yaml').exists():
+            continue
+        if rows and len(rows) == int(_args(d)['epochs']):
+            if (STASH / d.name).is_dir():
+                shutil.rmtree(STASH / d.name)
+                print(f'removed the stash of {d.name}: finished')
             continue
         try:
             ckpt = Path(find_resume_checkpoint(str(d)))
         except FileNotFoundError:
+            continue
+        if ckpt.stat().st_size > args.max_mb * 2 ** 20:  # timm's ResNets, MobileNetV3: too large for git
+            print(f'not stashed {d.name}: {ckpt.name} is {ckpt.stat().st_size / 1e6:.0f} MB (> --max-mb '
+                  f'{args.max_mb}); it stays in {d}')
             continue
         out = STASH / d.name
         shutil.rmtree(out, ignore_errors=True)
@@ -266,7 +276,9 @@ def main(argv=None) -> None:
     r.add_argument('--epochs', type=int, default=30)
     r.add_argument('--threads', type=int, default=1)
     sub.add_parser('status', help='epochs done and last top-1 of every run')
-    sub.add_parser('stash', help='copy unfinished runs\' newest checkpoints into benchmarks/checkpoints/ (commit them)')
+    st = sub.add_parser('stash', help='copy unfinished runs\' newest checkpoints into benchmarks/checkpoints/ (commit '
+                                      'them)')
+    st.add_argument('--max-mb', type=float, default=10, help='larger checkpoints stay in their run directory')
     c = sub.add_parser('collect', help='write benchmarks/results/cifar10.json')
     c.add_argument('--no-robustness', action='store_true')
     args = p.parse_args(argv)
