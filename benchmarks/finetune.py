@@ -18,6 +18,7 @@ under `--runs-dir` (default output/benchmark-finetune, git-ignored).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,25 @@ def plot(report: Dict[str, Any], out_png: Path) -> None:
     plt.close(fig)
 
 
+def earlier_results(out: Path, settings: Dict[str, Any], tags: Sequence[str]) -> Dict[str, Any]:
+    """The results of other tags already in `out` under the same settings, each with the command and commit that
+    made it (older results get the file's), so that measuring one new tag does not drop the others."""
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return {}
+    if old.get('settings') != settings:
+        return {}
+    kept = {}
+    for tag, arms in old.get('results', {}).items():
+        if tag not in tags:
+            for arm in arms.values():
+                arm.setdefault('command', old.get('command'))
+                arm.setdefault('commit', old.get('commit'))
+            kept[tag] = arms
+    return kept
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
     args = parse_args(argv)
     tags = args.tags or stim_tags()
@@ -125,12 +145,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
                  'scratch: random initialisation (zero_init_last=False); same flags otherwise')
         report['results'][tag] = {
             arm: dict(stim=r['stim'], train_command=r['train_command'], seconds=r['seconds'],
-                      full_top1=next(x['top1'] for x in r['results'] if x['full']), results=r['results'])
+                      full_top1=next(x['top1'] for x in r['results'] if x['full']), results=r['results'],
+                      command=report['command'], commit=report['commit'])
             for arm, r in arms.items()}
         gain = report['results'][tag]['pretrained']['full_top1'] - report['results'][tag]['scratch']['full_top1']
         print(f'{tag}: full network {report["results"][tag]["pretrained"]["full_top1"]:.2f} from the tag, '
               f'{report["results"][tag]["scratch"]["full_top1"]:.2f} from random init ({gain:+.2f})', flush=True)
     report['runtime_s'] = round(time.time() - t0, 1)
+    report['results'] = {**earlier_results(Path(args.out), report['settings'], tags), **report['results']}
     write_report(report, Path(args.out), plot, args.no_plot)
     return report
 
