@@ -51,12 +51,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if 'baseline' not in args.arms:
         args.arms = ['baseline'] + args.arms
     point = argparse.Namespace(data_dir=args.data_dir)
-    throughput.SWEEP_MODELS[args.model] = args.steps  # timed steps per worker
     rates: Dict[str, list] = {arm: [] for arm in args.arms}
     machine = machine_info(threads=1, load_key='loadavg_start')
     for r in range(args.rounds):
         for arm in args.arms:
-            rate = throughput._sweep_point(point, args.model, args.precision, json.dumps(stim_fields(arm)), '1x1t')
+            rate = throughput.sweep_point(point, args.model, args.precision, json.dumps(stim_fields(arm)), '1x1t',
+                                          args.steps)
             rates[arm].append(round(rate, 1))
             print(f'round {r + 1} {arm:16s} {rate:7.1f} img/s', flush=True)
     base = statistics.median(rates['baseline'])

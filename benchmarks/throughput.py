@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -179,11 +180,13 @@ def sweep_worker(model_name: str, precision: str, mode: str, steps: int, threads
     return _time_steps(step, loader, 3, steps)
 
 
-def _sweep_point(args, model_name: str, precision: str, mode: str, layout: str) -> float:
-    """Total img/s of `layout`: n processes side by side with t threads each (summed)."""
+def sweep_point(args, model_name: str, precision: str, mode: str, layout: str, steps: Optional[int] = None) -> float:
+    """Total img/s of `layout`: n processes side by side with t threads each (summed); `steps` timed steps each
+    (default: the model's in SWEEP_MODELS)."""
     import subprocess
     n, t = LAYOUTS[layout]
-    cmd = [sys.executable, __file__, '--worker', model_name, precision, mode, str(SWEEP_MODELS[model_name]), str(t),
+    steps = steps or SWEEP_MODELS[model_name]
+    cmd = [sys.executable, __file__, '--worker', model_name, precision, mode, str(steps), str(t),
            '--data-dir', args.data_dir]
     env = dict(os.environ, OMP_NUM_THREADS=str(t))
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(n)]
@@ -202,7 +205,7 @@ def sweep(args, argv) -> None:
         layouts = list(LAYOUTS) if model_name.startswith('cifar_') else ['1x1t']
         for mode in ('off', 'stpp'):
             for layout in layouts:
-                rates = {p: round(_sweep_point(args, model_name, p, mode, layout), 1) for p in ('fp32', 'bf16')}
+                rates = {p: round(sweep_point(args, model_name, p, mode, layout), 1) for p in ('fp32', 'bf16')}
                 rows.append(dict(model=model_name, mode=mode, layout=layout, img_per_s=rates,
                                  bf16_speedup=round(rates['bf16'] / rates['fp32'], 2)))
                 print(json.dumps(rows[-1]), flush=True)

@@ -36,22 +36,27 @@ def test_in_the_guard_a_strided_conv_computes_the_1px_case_in_float32_and_the_re
 
 
 def test_the_trainer_step_gets_right_14px_subnetwork_gradients_and_leaves_the_model_plain():
-    """ST++'s smallest CIFAR input (0.43 x 32 = 14 px) reaches layer4.0 of resnet18 as 1 px: in the trainer's step
-    the bfloat16 weight gradient agrees with float32's, and the model keeps timm's plain classes."""
+    """ST++'s smallest CIFAR input (0.43 x 32 = 14 px) reaches layer4.0 of resnet18 as 1 px: the trainer's step runs
+    it in the guard, its bfloat16 weight gradient agrees with float32's, and the model keeps timm's plain classes."""
     torch.manual_seed(0)
     model = timm.create_model('resnet18_stim', num_classes=10)
     trainer = StimulativeTrainer(model, mode='stpp', subnets=1, space='st', min_scale=0.43, verbose=False)
     assert type(model.layer4[0].conv1) is nn.Conv2d
+    seen = []  # which conv forward ran layer4.0.conv1
+    model.layer4[0].conv1.register_forward_hook(lambda m, i, o: seen.append(nn.Conv2d._conv_forward.__name__))
     for _ in range(3):  # a few steps (the bug reads stale memory: a fresh process may not show it unguarded)
         x, y = torch.randn(64, 3, 14, 14), torch.randint(0, 10, (64,))
         grads = []
         for autocast in (True, False):
+            seen.clear()
             model.zero_grad()
             trainer.sampler = type(trainer.sampler)(trainer.sampler.space, seed=0)  # the same draw both times
             with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
                 out = trainer(x, y)
             out['loss'].backward()
             grads.append(model.layer4[0].conv1.weight.grad.clone())
+            # the trainer's step runs in the guard: its forward under bfloat16, the plain one in float32
+            assert set(seen) == {'_guarded_conv_forward' if autocast else '_conv_forward'}
         bf16, fp32 = grads
         assert torch.isfinite(bf16).all()
         assert (bf16 - fp32).abs().max() <= 0.1 * fp32.abs().max()

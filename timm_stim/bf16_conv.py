@@ -43,8 +43,9 @@ def _guarded_conv_forward(self: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor
 
 @contextmanager
 def strided_conv_guard() -> Iterator[None]:
-    """Within it, strided `nn.Conv2d`s run 1-px inputs in float32 under CPU autocast (re-entrant)."""
-    if nn.Conv2d._conv_forward is _guarded_conv_forward:
+    """Within it, strided `nn.Conv2d`s run 1-px inputs in float32 under CPU autocast (re-entrant). Without CPU
+    autocast at entry (float32, GPU training) it changes nothing, so those training steps pay nothing per conv."""
+    if nn.Conv2d._conv_forward is _guarded_conv_forward or not torch.is_autocast_enabled('cpu'):
         yield
         return
     nn.Conv2d._conv_forward = _guarded_conv_forward

@@ -286,14 +286,13 @@ def resolve_file(
     local HF cache is consulted (no network retries).
     """
     local = _dir(directory) / entry.file
-    parts = part_files(local)  # a clone: the committed parts of a weights/hub/ file
     if local.exists():
         try:
             return verify_file(local, entry)
         except ValueError:
-            if not parts:
+            if not part_files(local):
                 raise  # a joined file older than its parts (a re-released tag) is joined again below
-    if parts:
+    if part_files(local):  # a clone: the committed parts of a weights/hub/ file
         return verify_file(join_parts(local), entry)
     offline = hub_offline()
     try:
@@ -309,16 +308,19 @@ def resolve_file(
     return verify_file(downloaded, entry)
 
 
+def _part_glob(path: Path) -> List[Path]:
+    return sorted(path.parent.glob(f'{glob.escape(path.name)}.part*of*')) if path.parent.is_dir() else []
+
+
 def part_files(path: PathLike) -> List[Path]:
     """The committed parts of `path` (`<name>.part1ofN` ... `<name>.partNofN`) in order; [] when there are none."""
     path = Path(path)
-    found = sorted(path.parent.glob(f'{glob.escape(path.name)}.part*of*')) if path.parent.is_dir() else []
-    counts = {p.name.rsplit('of', 1)[-1] for p in found}
+    found = _part_glob(path)
     if not found:
         return []
-    n = int(counts.pop()) if len(counts) == 1 and next(iter(counts)).isdigit() else -1
-    expected = [path.with_name(f'{path.name}.part{i}of{n}') for i in range(1, n + 1)]
-    if n < 1 or found != sorted(expected) or len(found) != n:
+    n = found[0].name.rsplit('of', 1)[-1]
+    expected = [path.with_name(f'{path.name}.part{i}of{n}') for i in range(1, int(n) + 1)] if n.isdigit() else []
+    if sorted(expected) != found:
         raise ValueError(f'weights parts of {path} are incomplete or mixed: {[p.name for p in found]}; expected '
                          f'{path.name}.part1ofN ... partNofN. Fetch them again (git checkout / git pull).')
     return expected
@@ -328,29 +330,27 @@ def split_parts(path: PathLike, part_mb: Optional[float] = None) -> List[Path]:
     """Write `path` as byte parts of at most `part_mb` (default `GIT_PART_MB`) MB next to it: what git holds of a
     weights/hub/ file."""
     path = Path(path)
-    size, step = path.stat().st_size, int((part_mb or GIT_PART_MB) * 2 ** 20)
-    n = max(1, math.ceil(size / step))
-    for old in path.parent.glob(f'{glob.escape(path.name)}.part*of*'):
+    step = int((part_mb or GIT_PART_MB) * 2 ** 20)
+    n = max(1, math.ceil(path.stat().st_size / step))
+    for old in _part_glob(path):
         old.unlink()
     parts = []
     with open(path, 'rb') as f:
         for i in range(1, n + 1):
-            part = path.with_name(f'{path.name}.part{i}of{n}')
-            part.write_bytes(f.read(step))
-            parts.append(part)
+            parts.append(path.with_name(f'{path.name}.part{i}of{n}'))
+            parts[-1].write_bytes(f.read(step))
     return parts
 
 
 def join_parts(path: PathLike) -> Path:
     """Join the parts of `path` into `path` (atomically); when its folder is read-only, into timm_stim's cache."""
+    from ..data import default_cache_dir
     path = Path(path)
-    parts = part_files(path)
-    target = path if os.access(path.parent, os.W_OK) else \
-        Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'timm_stim' / 'weights' / path.name
+    target = path if os.access(path.parent, os.W_OK) else default_cache_dir() / 'weights' / path.name
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + '.tmp')
     with open(tmp, 'wb') as out:
-        for part in parts:
+        for part in part_files(path):
             with open(part, 'rb') as f:
                 shutil.copyfileobj(f, out, 2 ** 22)
     os.replace(tmp, target)
