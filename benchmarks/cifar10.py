@@ -74,6 +74,13 @@ def arm_flags(arm: str, model: str) -> List[str]:
     return ARMS[arm][0]
 
 
+def arm_description(arm: str) -> str:
+    if arm.startswith('ft_'):
+        return (f'{ARMS[arm[3:]][1]}, as a fine-tune of the released 30-epoch baseline '
+                f'({" ".join(FINETUNE_FLAGS)})')
+    return ARMS[arm][1]
+
+
 def arm_names() -> List[str]:
     return list(ARMS) + ['ft_' + a for a in ARMS if a.startswith('stpp')]
 
@@ -210,7 +217,7 @@ def collect(args) -> None:
             img_per_s=[round(float(r['train_img_per_s']), 1) for r in rows if r.get('train_img_per_s')],
             train_hours=_train_hours(rows),
             robustness=_robustness(d, model) if done and not args.no_robustness else None))
-    report = dict(recipe=RECIPE.read_text(), arms={k: v[1] for k, v in ARMS.items()}, commit=git_commit(),
+    report = dict(recipe=RECIPE.read_text(), arms={k: arm_description(k) for k in arm_names()}, commit=git_commit(),
                   machine=machine_info(threads=1), runs=runs,
                   command='python benchmarks/cifar10.py collect')
     OUT.write_text(json.dumps(report, indent=1))
@@ -227,9 +234,39 @@ def _train_hours(rows: List[Dict[str, str]]) -> float:
                      if float(r.get('train_img_per_s') or 0) > 0) / 3600, 3)
 
 
+def _groups(runs: List[Dict[str, Any]], model: str) -> Dict[str, List[Dict[str, Any]]]:
+    """A base architecture's runs by '<arm> e<epochs>' (seeds together), in the order they appear."""
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for r in runs:
+        if r['model'].replace('_stim', '') == model:
+            out.setdefault(f"{r['arm']} e{r['epochs']}", []).append(r)
+    return out
+
+
+def _robustness_panel(ax, model: str, groups: Dict[str, List[Dict[str, Any]]]) -> None:
+    """Top-1 of every depth configuration against its MFLOPs, averaged over a group's finished seeds; the full
+    network ringed."""
+    for label, items in groups.items():
+        done = [r['robustness'] for r in items if r['robustness']]
+        if not done:
+            continue
+        cfgs = [dict(c, top1=sum(d['configs'][i]['top1'] for d in done) / len(done))
+                for i, c in enumerate(done[0]['configs'])]
+        sub = sum(d['sub_mean'] for d in done) / len(done)
+        dots = ax.scatter([c['flops'] / 1e6 for c in cfgs], [c['top1'] for c in cfgs], s=10,
+                          label=f'{label}, {len(done)} seed{"s" * (len(done) > 1)} (sub mean {sub:.1f})')
+        full = max(cfgs, key=lambda c: c['flops'])
+        ax.scatter([full['flops'] / 1e6], [full['top1']], s=60, facecolors='none', edgecolors=dots.get_facecolor())
+    ax.set(xlabel='MFLOPs', ylabel='top-1 (%)', title=f'{model}: every depth configuration, BN re-estimated')
+    ax.grid(alpha=.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
+
+
 def plot(runs: List[Dict[str, Any]]) -> None:
-    """cifar10_curves.png (top-1 per epoch, one line per run) and cifar10_robustness.png (every depth
-    configuration's top-1 against its FLOPs, one colour per finished run, the full network ringed)."""
+    """cifar10_curves.png (top-1 per epoch, a panel per architecture, a colour per arm and schedule),
+    cifar10_robustness.png (ResNet-20, the README's picture) and cifar10_robustness_<model>.png per other
+    architecture: every depth configuration's top-1 against its FLOPs, mean over seeds, the full network ringed."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -237,32 +274,33 @@ def plot(runs: List[Dict[str, Any]]) -> None:
     except ImportError:
         print('matplotlib not installed: no plots')
         return
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in runs:
-        ax.plot(range(1, len(r['curve_top1']) + 1), r['curve_top1'], label=r['run'], lw=1)
-    ax.set(xlabel='epoch', ylabel='top-1 (%)', title='CIFAR-10 validation top-1 per epoch', ylim=(40, 100))
-    ax.legend(fontsize=6)
-    ax.grid(alpha=.3)
+    models = sorted({r['model'].replace('_stim', '') for r in runs}) or ['cifar_resnet20']
+    cols = min(3, len(models))
+    rows = (len(models) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.5 * rows), squeeze=False)
+    for ax, model in zip(axes.flat, models):
+        for i, (label, items) in enumerate(_groups(runs, model).items()):
+            for j, r in enumerate(items):
+                ax.plot(range(1, len(r['curve_top1']) + 1), r['curve_top1'], color=f'C{i % 10}', lw=1,
+                        label=label if j == 0 else None)
+        ax.set(xlabel='epoch', ylabel='top-1 (%)', title=f'{model} (one line per seed)', ylim=(40, 100))
+        ax.legend(fontsize=6)
+        ax.grid(alpha=.3)
+    for ax in list(axes.flat)[len(models):]:
+        ax.axis('off')
+    fig.suptitle('CIFAR-10 validation top-1 per epoch')
     fig.tight_layout()
     fig.savefig(OUT.with_name('cifar10_curves.png'), dpi=120)
-    models = sorted({r['model'].replace('_stim', '') for r in runs if r['robustness']}) or ['cifar_resnet20']
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        for r in runs:
-            if not r['robustness'] or r['model'].replace('_stim', '') != model:
-                continue
-            cfgs = r['robustness']['configs']
-            dots = ax.scatter([c['flops'] / 1e6 for c in cfgs], [c['top1'] for c in cfgs], s=10,
-                              label=f"{r['arm']} s{r['seed']} e{r['epochs']} (sub mean {r['robustness']['sub_mean']})")
-            full = max(cfgs, key=lambda c: c['flops'])
-            ax.scatter([full['flops'] / 1e6], [full['top1']], s=60, facecolors='none', edgecolors=dots.get_facecolor())
-        ax.set(xlabel='MFLOPs', ylabel='top-1 (%)', title=f'{model}: every depth configuration, BN re-estimated')
-        ax.grid(alpha=.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(OUT.with_name('cifar10_robustness.png'), dpi=120)
-    print(f"wrote {OUT.with_name('cifar10_curves.png')} and {OUT.with_name('cifar10_robustness.png')}")
+    written = [OUT.with_name('cifar10_curves.png')]
+    for model in models:
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        _robustness_panel(ax, model, _groups(runs, model))
+        fig.tight_layout()
+        name = 'cifar10_robustness.png' if model == 'cifar_resnet20' else f'cifar10_robustness_{model}.png'
+        path = OUT.with_name(name)
+        fig.savefig(path, dpi=120)
+        written.append(path)
+    print('wrote ' + ', '.join(str(p.name) for p in written))
 
 
 def main(argv=None) -> None:

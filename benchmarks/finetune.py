@@ -77,21 +77,26 @@ def run_arm(args: argparse.Namespace, tag: str, from_scratch: bool) -> Dict[str,
 
 
 def plot(report: Dict[str, Any], out_png: Path) -> None:
+    """finetune.png: a panel per architecture, top-1 against MFLOPs, each tag from its weights and from random init."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (tag, arms) in enumerate(report['results'].items()):
-        for arm, style in (('pretrained', '-o'), ('scratch', '--s')):
-            rows = arms[arm]['results']
-            ax.plot([r['flops'] / 1e6 for r in rows], [r['top1'] for r in rows], style, color=f'C{i}',
-                    label=f'{tag} ({"from the tag" if arm == "pretrained" else "random init"})')
+    by_model: Dict[str, List[str]] = {}
+    for tag in report['results']:
+        by_model.setdefault(tag.split('.')[0].removesuffix('_stim'), []).append(tag)
+    fig, axes = plt.subplots(1, len(by_model), figsize=(6.5 * len(by_model), 4.5), squeeze=False)
     s = report['settings']
-    ax.set_xlabel(f'MFLOPs per image ({s["input_size"][1]}x{s["input_size"][2]})')
-    ax.set_ylabel('Fashion-MNIST test top-1 (%)')
-    ax.set_title(f'Fine-tuning for {s["epochs"]} epoch(s): released weights vs random init')
-    ax.grid(alpha=.3)
-    ax.legend(fontsize=8)
+    for ax, (model, tags) in zip(axes[0], by_model.items()):
+        for i, tag in enumerate(tags):
+            for arm, style in (('pretrained', '-o'), ('scratch', '--s')):
+                rows = report['results'][tag][arm]['results']
+                ax.plot([r['flops'] / 1e6 for r in rows], [r['top1'] for r in rows], style, color=f'C{i}',
+                        label=f'{tag} ({"from the tag" if arm == "pretrained" else "random init"})')
+        ax.set_xlabel(f'MFLOPs per image ({s["input_size"][1]}x{s["input_size"][2]})')
+        ax.set_ylabel('Fashion-MNIST test top-1 (%)')
+        ax.set_title(f'{model}: {s["epochs"]} epoch(s) of fine-tuning vs random init')
+        ax.grid(alpha=.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
@@ -104,14 +109,15 @@ def earlier_results(out: Path, settings: Dict[str, Any], tags: Sequence[str]) ->
         old = json.loads(out.read_text())
     except (OSError, ValueError):
         return {}
-    if old.get('settings') != settings:
-        return {}
+    if {k: v for k, v in (old.get('settings') or {}).items() if k != 'precision'} != settings:
+        return {}  # (precision is per tag: the tag's own, recorded with each result; older files kept it here)
     kept = {}
     for tag, arms in old.get('results', {}).items():
         if tag not in tags:
             for arm in arms.values():
-                arm.setdefault('command', old.get('command'))
-                arm.setdefault('commit', old.get('commit'))
+                for key in ('command', 'commit'):
+                    arm.setdefault(key, old.get(key))
+                arm.setdefault('precision', old['settings'].get('precision'))
             kept[tag] = arms
     return kept
 
@@ -136,15 +142,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
         first = arms['pretrained']
         report['settings'] = report['settings'] or dict(
             dataset='fashion-mnist (Debian dataset-fashion-mnist), test split', input_size=first['input_size'],
-            epochs=first['epochs'], lr=first['lr'], batch_size=first['batch_size'], precision=first['precision'],
-            threads=first['threads'], train_images=first['train_images'], test_images=first['test_images'],
+            epochs=first['epochs'], lr=first['lr'], batch_size=first['batch_size'], threads=first['threads'],
+            train_images=first['train_images'], test_images=first['test_images'],
             bn_images=first['bn_images'],
             schedule='SGD Nesterov 0.9, cosine per step to 0, no warm-up, weight decay 5e-4 on every parameter, '
                      'pad-crop 4 and flip, BN re-estimated after training and per configuration',
             arms='pretrained: the tag\'s weights, first conv summed to 1 channel by timm, 10-class head kept; '
                  'scratch: random initialisation (zero_init_last=False); same flags otherwise')
         report['results'][tag] = {
-            arm: dict(stim=r['stim'], train_command=r['train_command'], seconds=r['seconds'],
+            arm: dict(stim=r['stim'], precision=r['precision'], train_command=r['train_command'], seconds=r['seconds'],
                       full_top1=next(x['top1'] for x in r['results'] if x['full']), results=r['results'],
                       command=report['command'], commit=report['commit'])
             for arm, r in arms.items()}

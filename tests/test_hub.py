@@ -384,18 +384,54 @@ def test_wheel_budget_and_where_large_files_live():
     assert 'hub/*.safetensors' in (REPO / 'weights' / '.gitignore').read_text().split()
 
 
-def test_readme_headline_states_st_pp_against_the_baseline_either_way():
-    """The README's first numbers come from the results runs: every arm against the baseline, losses included."""
-    from timm_stim.cards import HEADLINE_MARKS, headline, readme_with_zoo
+def test_readme_headline_states_st_pp_against_the_baseline_either_way(tmp_path):
+    """The README's first numbers come from the results runs: every arm and schedule against the baseline, losses
+    included, and the chosen ST++ arm at equal epochs, at equal wall-clock (epochs from arm_cost.json) and as a
+    fine-tune; what has not finished is said so."""
+    from timm_stim.cards import HEADLINE_MARKS, HEADLINE_RUNS, headline, readme_with_zoo
+    chosen = HEADLINE_RUNS['chosen']
 
-    def run(arm, seed, top1, sub):
+    def run(arm, seed, top1, sub, epochs=30):
         return dict(model='cifar_resnet20' + ('' if arm == 'baseline' else '_stim'), dataset='cifar10', arm=arm,
-                    seed=seed, epochs=30, top1=top1, robustness=dict(sub_mean=sub), results_file='cifar10.json')
-    assert headline([]).startswith('No finished baseline run yet')
-    runs = [run('baseline', 0, 87.0, 57.0), run('baseline', 1, 86.0, 55.0), run('stpp', 0, 85.5, 75.0),
-            run('stpp', 5, 84.0, 60.0) | dict(epochs=100)]  # another schedule: not in the 30-epoch headline
-    text = headline(runs)
-    assert 'the baseline reaches 86.50 % top-1 (2 seeds, sd 0.71), its sub-networks average 56.0 %' in text
-    assert '`stpp` reaches 85.50 % top-1 (1 seed), its sub-networks average 75.0 % (-1.00 pt top-1, +19.0 pt' in text
+                    seed=seed, epochs=epochs, top1=top1, robustness=dict(sub_mean=sub), results_file='cifar10.json')
+    (tmp_path / 'arm_cost.json').write_text(json.dumps({'rows': [dict(arm='baseline', cost_vs_baseline=1.0),
+                                                                 dict(arm=chosen, cost_vs_baseline=1.5)]}))
+    assert headline([], tmp_path).startswith('No finished baseline run yet')
+    runs = [run('baseline', 0, 87.0, 57.0), run('baseline', 1, 86.0, 55.0), run(chosen, 0, 85.5, 75.0),
+            run(chosen, 1, 85.5, 77.0), run('droppath01', 0, 88.0, 70.0, epochs=99)]  # not the equal wall-clock
+    text = headline(runs, tmp_path)
+    assert '| `baseline` | 30 | 2 | 86.50 ± 0.71 | - | 56.0 | - | 1.00 |' in text
+    assert f'| `{chosen}` | 30 | 2 | 85.50 ± 0.00 | -1.00 | 76.0 | +20.0 | 1.50 |' in text
+    assert (f'equal epochs (30): `{chosen}` (the ST++ recipe chosen in stage 1) minus the baseline: -1.00 pt '
+            'top-1 (seed sd 0.00 over 2 vs 0.71 over 2), +20.0 pt sub-network mean') in text
+    assert 'equal wall-clock (the other arms given 45 epochs' in text and 'not finished yet' in text
+    runs += [run('baseline', 0, 88.5, 58.0, epochs=45), run(f'ft_{chosen}', 0, 86.0, 80.0, epochs=5)]
+    text = headline(runs, tmp_path)
+    assert f'`{chosen}` minus `baseline`: -3.00 pt top-1 (seed sd 0.00 over 2 vs 0.00 over 1), +18.0 pt' in text
+    assert f'`ft_{chosen}` (5 epochs) minus `{chosen}` from scratch: +0.50 pt top-1' in text
+    assert '| `baseline` | 45 | 1 | 88.50 | - |' in text
     start, end = HEADLINE_MARKS
-    assert readme_with_zoo(f'a {start}old{end} b', [], runs) == f'a {start}{text}{end} b'
+    assert readme_with_zoo(f'a {start}old{end} b', [], runs) == f'a {start}\n{headline(runs)}\n{end} b'
+
+def test_readme_finetune_tables_come_from_finetune_json(tmp_path):
+    """One table per architecture; each tag's fine-tune, and random init once per distinct --stim-* setting."""
+    from timm_stim.cards import finetune_tables
+    assert finetune_tables(tmp_path).startswith('No fine-tuning results yet')
+
+    def arm(top1s, stim, precision='bfloat16'):
+        res = [dict(depths=d, full=i == 0, flops=f, top1=t) for i, (d, f, t) in
+               enumerate(zip([[3, 3, 3], [1, 1, 1]], [62e6, 19e6], top1s))]
+        return dict(stim=stim, precision=precision, results=res)
+    st = ['--stim-mode', 'stpp']
+    report = dict(settings=dict(epochs=1, input_size=[1, 28, 28]), results={
+        'cifar_resnet20_stim.a': dict(pretrained=arm([90, 80], st), scratch=arm([83, 71], st)),
+        'cifar_resnet20.b': dict(pretrained=arm([89, 78], st), scratch=arm([84, 72], st)),
+        'mobilenetv3_large_100_stim.c': dict(pretrained=arm([91, 85], st, 'float32'), scratch=arm([80, 70], st))})
+    (tmp_path / 'finetune.json').write_text(json.dumps(report))
+    text = finetune_tables(tmp_path)
+    assert text.count('| cifar_resnet20: start | precision | full (62 MFLOPs) | 1,1,1 (19 MFLOPs) |') == 1
+    assert '| `cifar_resnet20_stim.a` | bfloat16 | 90.00 | 80.00 |' in text
+    assert '| random initialisation (`--stim-mode stpp`) | bfloat16 | 83.00 | 71.00 |' in text
+    assert '84.00' not in text  # the same scratch setting of the same architecture is shown once
+    assert '| `mobilenetv3_large_100_stim.c` | float32 | 91.00 | 85.00 |' in text
+    assert text.count('random initialisation') == 2
