@@ -143,6 +143,29 @@ def test_bad_release_writes_nothing(run_dir, tmp_path, capsys, bad, message):
     assert _listing(wdir) == before
 
 
+def test_release_takes_a_checked_sweep_of_the_same_checkpoint(run_dir, released, tmp_path, capsys):
+    """--robustness-from reuses `timm-stim-validate --results-file` (what benchmarks/cifar10.py collect measures)
+    instead of sweeping again, only when it measured these very weights the way release would."""
+    from timm_stim.release import main
+    from timm_stim.validate import main as validate
+    _, measured = released
+    sweep = ['--data-dir', str(CIFAR), '--model', 'cifar_resnet20_stim', '--checkpoint', str(run_dir / 'last.pth.tar'),
+             '--val-subset', '64', '--bn-recalib', '64', '--robustness', 'random', '--robustness-samples', '2', '-b', '64']
+    validate(sweep + ['--use-ema', '--results-file', str(tmp_path / 'ema.json')])
+    validate(sweep + ['--results-file', str(tmp_path / 'plain.json')])
+    entry = main([str(run_dir)] + RELEASE + ['--weights-dir', str(tmp_path / 'w'), '--robustness-from',
+                                             str(tmp_path / 'ema.json')])
+    rows = json.loads((tmp_path / 'ema.json').read_text())['results']
+    assert [r['top1'] for r in entry.depths] == [r['top1'] for r in rows] and len(rows) == 3
+    assert entry.evaluation['robustness_from'] == str(tmp_path / 'ema.json')
+    assert entry.metrics == measured.metrics  # the full network is still re-measured here
+    (tmp_path / 'v').mkdir()
+    with pytest.raises(SystemExit):  # the run logged its EMA: a sweep of the plain weights is not its sweep
+        main([str(run_dir)] + RELEASE + ['--weights-dir', str(tmp_path / 'v'), '--robustness-from',
+                                         str(tmp_path / 'plain.json')])
+    assert 'use_ema differ' in capsys.readouterr().err and not any((tmp_path / 'v').iterdir())
+
+
 def test_add_weights_takes_train_checkpoint(run_dir, tmp_path):
     from timm_stim.models import weights as W
     entry = W.add_weights(run_dir / 'last.pth.tar', 'cifar_resnet20_stim', 'ema', 10, tmp_path, use_ema=True)

@@ -14,7 +14,8 @@ What a maintainer would do, in order, stopping with one clear line (and writing 
    `summary.csv` for that epoch (`--tolerance`, default 0.3 pt: the run may have evaluated under bfloat16
    autocast); both numbers are recorded;
 4. measure per-depth robustness with BN re-estimated for each configuration (`timm_stim.validate.evaluate_depths`)
-   on training-augmented images at the training size (as the run re-estimated it);
+   on training-augmented images at the training size (as the run re-estimated it), or take the sweep that
+   `timm-stim-validate --results-file` already measured on this checkpoint (`--robustness-from`, checked);
 5. store float16 only for a file above the wheel limit and only when float16 gives the same top-1;
 6. write the weights and the manifest entry (sha256, size, dataset, input size, recipe from `args.yaml`, the
    training command, commit, measured numbers).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import math
 import os
@@ -80,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--robustness', default='auto', choices=('auto', 'all', 'random', 'none'))
     p.add_argument('--robustness-samples', type=_positive_int, default=20, metavar='N')
     p.add_argument('--robustness-max', type=_positive_int, default=64, metavar='N')
+    p.add_argument('--robustness-from', default=None, metavar='FILE',
+                   help="take the per-depth sweep from a `timm-stim-validate --results-file` of this checkpoint (e.g. "
+                        "the robustness.json of benchmarks/cifar10.py collect) instead of measuring it again; it must "
+                        "be newer than the checkpoint and match its weights, BN images, input size and image count")
     p.add_argument('--storage', default='auto', choices=('auto', 'float32', 'float16'),
                    help=f'auto: float16 only above {WHEEL_MAX_MB} MB and only with the same top-1')
     p.add_argument('--default', action='store_true',
@@ -222,8 +228,33 @@ def _robustness(model, opts, data_args, train_config, data_config, loader, devic
         if opts.bn_recalib else None
     rows = evaluate_depths(model, configs, loader, recalib, opts.bn_recalib, device,
                            input_size=data_config['input_size'])
+    return _kept(rows)
+
+
+def _kept(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     keep = ('depths', 'full', 'top1', 'top5', 'flops', 'params', 'flops_share')
     return [{k: (round(r[k], 4) if isinstance(r[k], float) else r[k]) for k in keep} for r in rows]
+
+
+def robustness_from(path: str, ckpt: Path, expected: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The sweep of a validate results file, when it measured these very weights as this release would: `expected`
+    holds the record's fields (use_ema, precision, bn_recalib, input sizes, num_images) as release measures them."""
+    try:
+        rec = json.loads(Path(path).read_text())
+        same_file = Path(rec.get('checkpoint') or '').resolve() == ckpt.resolve() \
+            and Path(path).stat().st_mtime >= ckpt.stat().st_mtime
+    except (OSError, ValueError, AttributeError) as e:
+        raise ReleaseError(f'--robustness-from {path}: cannot read it ({e}).') from e
+    words = str(rec.get('command', '')).split()  # files written before these fields: what the command line says
+    rec = dict(dict(use_ema='--use-ema' in words, precision='float32' if '--amp' not in words else None,
+                    bn_recalib_aug='--no-bn-recalib-aug' not in words), **rec)
+    wrong = [k for k, v in expected.items() if rec.get(k) != v]
+    wrong += [] if same_file else ['checkpoint (or it changed since)']
+    wrong += [] if rec.get('results') else ['results (none)']
+    if wrong:
+        raise ReleaseError(f'--robustness-from {path} did not measure these weights as this release would: '
+                           f'{", ".join(wrong)} differ; leave the flag out to measure the sweep here.')
+    return _kept(rec['results'])
 
 
 def choose_storage(model: nn.Module, state_dict: Dict[str, torch.Tensor], mode: str, top1: float,
@@ -304,8 +335,15 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     full = _top1(model, loader, device, data_config['input_size'])
     logged = logged_top1(run_dir, meta) if weights == _evaluated_weights(args) else None
     check_logged(full['top1'], logged, opts.tolerance, opts.skip_log_check, weights)
-    depths = _robustness(model, opts, data_args, train_config, data_config, loader, device,
-                         args.get('train_split', 'train'))
+    if opts.robustness_from:
+        depths = robustness_from(opts.robustness_from, ckpt, dict(
+            use_ema=weights == 'ema', precision='float32', bn_recalib=opts.bn_recalib, bn_recalib_aug=True,
+            input_size=list(data_config['input_size']),
+            bn_recalib_input_size=list(train_config['input_size']) if opts.bn_recalib else None,
+            num_images=_num_images(loader)))
+    else:
+        depths = _robustness(model, opts, data_args, train_config, data_config, loader, device,
+                             args.get('train_split', 'train'))
     stored = choose_storage(model, state_dict, opts.storage, full['top1'], loader, device,
                             data_config['input_size'])
     command, changed = train_command(args)
@@ -322,7 +360,9 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
         stats=model_stats(model.cpu(), data_config['input_size'], full['flops']),
         evaluation=dict(split=split, num_images=_num_images(loader), precision='float32',
                         logged_top1=logged, tolerance=opts.tolerance, bn_recalib=opts.bn_recalib,
-                        data_dir=str(data_args.data_dir), depth_configurations=len(valid_depths(model))),
+                        data_dir=str(data_args.data_dir), depth_configurations=len(valid_depths(model)),
+                        **({'robustness_from': str(Path(opts.robustness_from).resolve())} if opts.robustness_from
+                           else {})),
         release_command=' '.join(['timm-stim-release'] + list(argv)))
     return write_weights(stored, model_name, opts.tag, num_classes, opts.weights_dir or weights_dir(),
                          in_chans=in_chans, checked=True, default=opts.default, **info)

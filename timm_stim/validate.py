@@ -299,7 +299,9 @@ def _run(args, argv) -> Dict[str, Any]:
                  f'{f", BN re-estimated on {bn_images} training images each" if bn_images else ""}.')
     rows = evaluate_depths(model, configs, loader, recalib, args.bn_recalib, device, amp_autocast,
                            args.channels_last, data_config['input_size'])
-    result = dict(model=args.model, checkpoint=args.checkpoint or None, pretrained=args.pretrained,
+    result = dict(model=args.model, checkpoint=args.checkpoint or None, use_ema=args.use_ema,
+                  pretrained=args.pretrained, precision=args.amp_dtype if args.amp else 'float32',
+                  bn_recalib_aug=args.bn_recalib_aug,
                   split=args.split, num_images=len(getattr(loader, 'dataset', [])) if hasattr(loader, 'dataset')
                   else None, bn_recalib=bn_images, input_size=list(data_config['input_size']),
                   bn_recalib_input_size=list(recalib_config['input_size']) if bn_images else None,
