@@ -16,7 +16,7 @@ release) within `--tolerance` (0.1 pt: the weights issues' bar).
     python benchmarks/verify_weights.py --install wheel
     python benchmarks/verify_weights.py cifar_resnet20_stim.stpp_s075_e30_cifar10 --out /tmp/v.json
 
-Writes benchmarks/results/verify_weights.json (command, commit, machine, per tag: recorded and measured top-1,
+Writes benchmarks/results/verify_weights_<install>.json (command, commit, machine, per tag: recorded and measured top-1,
 difference, ok, seconds, how it was installed). Exits 1 when a measured tag misses the tolerance.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from _common import ROOT, command_line, git_commit, git_dirty, machine_info, wri
 sys.path.insert(0, str(ROOT))
 from timm_stim.models.weights import WeightsEntry, read_manifest  # noqa: E402
 
-OUT = ROOT / 'benchmarks' / 'results' / 'verify_weights.json'
+RESULTS = ROOT / 'benchmarks' / 'results'
 DATA = {'cifar10': (ROOT / '..' / 'shared' / 'data' / 'cifar10').resolve()}
 
 
@@ -49,7 +49,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--data-dir', default=None, metavar='DIR', help='default: ../shared/data/<dataset>')
     p.add_argument('-b', '--batch-size', type=int, default=256)
     p.add_argument('--threads', type=int, default=2)
-    p.add_argument('--out', default=str(OUT), metavar='FILE')
+    p.add_argument('--out', default=None, metavar='FILE', help='default: results/verify_weights_<install>.json')
     return p.parse_args(argv)
 
 
@@ -109,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f'{entry.name}: {r["status"]}' + (f' ({r["measured_top1"]:.2f} vs recorded '
                                                      f'{r["recorded_top1"]:.2f})' if 'measured_top1' in r else
                                                      f' {r.get("why") or r.get("error")}'), flush=True)
-    write_report(report, Path(args.out))
+    write_report(report, Path(args.out or RESULTS / f'verify_weights_{args.install}.json'))
     return 1 if any(r['status'] in ('missed', 'error') for r in report['results'].values()) else 0
 
 
