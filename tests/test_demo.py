@@ -179,10 +179,13 @@ def test_demo_end_to_end_on_a_placeholder_tag(tagged, tmp_path):
 
 
 @needs_fmnist
-def test_from_scratch_same_schedule_in_process(tmp_path):
-    """`--from-scratch` (the benchmark's comparison): random init, no pretrained load, same flags otherwise."""
-    opts = demo.build_parser().parse_args(['--model', MODEL, '--from-scratch', '--train-subset', '128',
-                                           '--test-subset', '100', '--depths', '3,3,3', '1,1,1', '--threads', '1',
+@pytest.mark.parametrize('model, depths', [(MODEL, ['3,3,3', '1,1,1']),
+                                           ('mobilenetv3_large_100_stim', ['1,1,1,1,1,1,1'])])
+def test_from_scratch_same_schedule_in_process(tmp_path, model, depths):
+    """`--from-scratch` (the benchmark's comparison): random init, no pretrained load, same flags otherwise;
+    `zero_init_last=False` only where the architecture has it (MobileNetV3 has not)."""
+    opts = demo.build_parser().parse_args(['--model', model, '--from-scratch', '--train-subset', '128',
+                                           '--test-subset', '100', '--depths', *depths, '--threads', '1',
                                            '--output', str(tmp_path)])
     threads = torch.get_num_threads()
     try:
@@ -190,7 +193,8 @@ def test_from_scratch_same_schedule_in_process(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert result['from_scratch'] and '--pretrained' not in result['train_command'].split()
-    assert [r['depths'] for r in result['results']] == [[3, 3, 3], [1, 1, 1]]
+    assert [','.join(map(str, r['depths'])) for r in result['results']] == depths
+    assert ('zero_init_last=False' in result['train_command']) == (model == MODEL)
     assert Path(result['checkpoint']).is_file()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import inspect
 import json
 import logging
 import os
@@ -231,15 +232,18 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def train_argv(opts: argparse.Namespace, source: Source, stim: Sequence[str], amp: bool, output: str,
-               experiment: str, log_interval: int) -> List[str]:
-    """The `timm-stim-train` flags of the fine-tuning run (every value the demo chooses is written out)."""
+               experiment: str, log_interval: int, zero_init_last: bool = True) -> List[str]:
+    """The `timm-stim-train` flags of the fine-tuning run (every value the demo chooses is written out).
+    `zero_init_last`: the architecture has that argument (ResNets; not MobileNetV3), which random initialisation
+    then sets to False so that every residual branch starts alive, as the sub-networks need."""
     argv = ['--dataset', 'fashion-mnist', '--data-dir', opts.data_dir,
             '--model', source.name, *([] if opts.from_scratch else ['--pretrained']),
             '--num-classes', str(NUM_CLASSES), '--input-size', *map(str, INPUT_SIZE),
             '--epochs', str(opts.epochs), '-b', str(BATCH_SIZE),
             '--opt', 'sgd', '--momentum', '0.9', '--lr', str(opts.lr), '--weight-decay', '5e-4',
             '--no-filter-bias-and-bn', '--sched', 'cosine', '--sched-on-updates', '--warmup-epochs', '0',
-            '--smoothing', '0', '--model-kwargs', 'zero_init_last=False', '--crop-padding', '4', '--hflip', '0.5',
+            '--smoothing', '0', *(['--model-kwargs', 'zero_init_last=False'] if zero_init_last else []),
+            '--crop-padding', '4', '--hflip', '0.5',
             '--channels-last', *(['--amp', '--amp-dtype', 'bfloat16'] if amp else ['--no-amp']),
             *stim, '--stim-bn-recalib', str(BN_IMAGES), '--val-split', '', '--seed', str(opts.seed),
             '--log-interval', str(log_interval), '--checkpoint-hist', '1', '--no-plot',
@@ -286,10 +290,10 @@ def pick_depths(model: torch.nn.Module, input_size: Sequence[int], count: int = 
     return sorted(picks, key=lambda d: -flops[d])
 
 
-def _configs(opts: argparse.Namespace, source: Source, stim: Sequence[str]) -> List[Tuple[int, ...]]:
-    """The configurations to measure, checked before any training (a skeleton of the architecture): `--depths`,
+def _configs(opts: argparse.Namespace, source: Source, stim: Sequence[str], skeleton: torch.nn.Module
+             ) -> List[Tuple[int, ...]]:
+    """The configurations to measure, checked before any training (on a skeleton of the architecture): `--depths`,
     else `pick_depths` within the space that the fine-tune's `--stim-*` flags train."""
-    skeleton = create_model(source.arch, num_classes=NUM_CLASSES, in_chans=INPUT_SIZE[0])
     try:
         stages = find_stages(skeleton)
     except TypeError as e:
@@ -375,10 +379,12 @@ def format_table(result: Dict[str, Any]) -> str:
     lines = [f'Fashion-MNIST test split ({result["test_images"]:,} images), {result["epochs"]} epoch(s) of '
              f'{_method(result["stim"])} '
              f'{how}; BN re-estimated per configuration on {result["bn_images"]:,} training images:',
-             f'  {"depths":<16}{"MFLOPs":>8}{"of full":>9}{"top-1 %":>10}']
-    for r in rows:
-        label = ','.join(map(str, r['depths'])) + (' (full)' if r['full'] else '')
-        lines.append(f'  {label:<16}{r["flops"] / 1e6:>8.2f}{100 * r["flops_share"]:>8.0f}%{r["top1"]:>10.2f}')
+]
+    labels = [','.join(map(str, r['depths'])) + (' (full)' if r['full'] else '') for r in rows]
+    width = max([16] + [len(x) + 2 for x in labels])
+    lines.append(f'  {"depths":<{width}}{"MFLOPs":>8}{"of full":>9}{"top-1 %":>10}')
+    for label, r in zip(labels, rows):
+        lines.append(f'  {label:<{width}}{r["flops"] / 1e6:>8.2f}{100 * r["flops_share"]:>8.0f}%{r["top1"]:>10.2f}')
     return '\n'.join(lines)
 
 
@@ -390,7 +396,8 @@ def run(opts: argparse.Namespace, argv: Optional[Sequence[str]] = None, quiet: b
     check_dataset(opts.data_dir)
     source = resolve_source(opts.model, need_weights=not opts.from_scratch)
     stim, stim_from = stim_flags(source.entry)
-    configs = _configs(opts, source, stim)
+    skeleton = create_model(source.arch, num_classes=NUM_CLASSES, in_chans=INPUT_SIZE[0])
+    configs = _configs(opts, source, stim, skeleton)
     torch.set_num_threads(opts.threads)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     amp = not opts.no_amp and bf16_supported(device) and trained_in_low_precision(source.entry)
@@ -401,7 +408,8 @@ def run(opts: argparse.Namespace, argv: Optional[Sequence[str]] = None, quiet: b
     tty = handler is not None and handler.tty
     log_interval = max(1, per_epoch // (100 if tty else 10))
     experiment = 'from-scratch' if opts.from_scratch else 'finetune'
-    argv_train = train_argv(opts, source, stim, amp, opts.output, experiment, log_interval)
+    argv_train = train_argv(opts, source, stim, amp, opts.output, experiment, log_interval,
+                            zero_init_last='zero_init_last' in inspect.signature(type(skeleton)).parameters)
     say = (lambda *a, **k: None) if quiet else print
     what = f'training {source.arch} from random initialisation' if opts.from_scratch else \
         f'fine-tuning {source.name}' + (f' ({source.entry.dataset} weights)' if source.entry and source.entry.dataset
