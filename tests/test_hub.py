@@ -458,3 +458,17 @@ def test_readme_finetune_tables_come_from_finetune_json(tmp_path):
     assert '84.00' not in text  # the same scratch setting of the same architecture is shown once
     assert '| `mobilenetv3_large_100_stim.c` | float32 | 91.00 | 85.00 |' in text
     assert text.count('random initialisation') == 2
+
+
+def test_readme_archs_table_compares_each_architecture_with_its_own_baseline():
+    from timm_stim.cards import archs_table
+    assert archs_table([]).startswith('No finished run of another architecture yet')
+    runs = [dict(model=m, dataset='cifar10', arm=a, seed=0, epochs=30, top1=t, train_hours=h,
+                 robustness=dict(sub_mean=s), results_file='cifar10.json')
+            for m, a, t, s, h in [('resnet18_stim', 'baseline', 84.5, 80.0, 1.0),
+                                  ('resnet18_stim', 'stpp_scale075', 84.0, 83.0, 1.8),
+                                  ('cifar_resnet20', 'baseline', 87.0, 57.0, 1.3)]]  # the headline's, not here
+    text = archs_table(runs)
+    assert '| resnet18 | `baseline` | 30 | 1 | 84.50 | - | 80.0 | - | 1.00 |' in text
+    assert '| resnet18 | `stpp_scale075` | 30 | 1 | 84.00 | -0.50 | 83.0 | +3.0 | 1.80 |' in text
+    assert 'cifar_resnet20' not in text
