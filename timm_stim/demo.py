@@ -173,10 +173,15 @@ def resolve_source(model: Optional[str], need_weights: bool = True) -> Source:
 
 
 # --------------------------------------------------------------------------------------- training command
+def _stim_parser() -> Tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
+    """A parser of the `--stim-*` flags alone (`add_stim_args`, so a new knob is carried over too), and its group."""
+    parser = argparse.ArgumentParser()
+    return parser, add_stim_args(parser)
+
+
 def _flags(values: Dict[str, Any]) -> List[str]:
-    """The `--stim-*` flags (the group `add_stim_args` defines, so a new knob is carried over too) whose value in
-    `values` differs from its default; `--stim-mode` always."""
-    group = add_stim_args(argparse.ArgumentParser())
+    """The `--stim-*` flags whose value in `values` differs from its default; `--stim-mode` always."""
+    _, group = _stim_parser()
     out = []
     for action in group._group_actions:
         key = action.dest
@@ -256,9 +261,7 @@ def train_argv(opts: argparse.Namespace, source: Source, stim: Sequence[str], am
 # --------------------------------------------------------------------------------------------- depths
 def trained_space(model: torch.nn.Module, stim: Sequence[str]) -> List[List[int]]:
     """Per-stage kept-sets that the `--stim-*` flags `stim` train (their sampling space on `model`)."""
-    parser = argparse.ArgumentParser()
-    add_stim_args(parser)
-    args = parser.parse_args(list(stim))
+    args = _stim_parser()[0].parse_args(list(stim))
     return build_space(StimConfig.from_args(args).space, depth_ranges(find_stages(model)))
 
 
