@@ -166,6 +166,20 @@ def test_release_takes_a_checked_sweep_of_the_same_checkpoint(run_dir, released,
     assert 'use_ema differ' in capsys.readouterr().err and not any((tmp_path / 'v').iterdir())
 
 
+def test_a_baseline_is_never_the_default_tag_of_a_stim_name(run_dir, tmp_path, capsys):
+    from timm_stim.release import main
+    run = _copy_run(run_dir, tmp_path / 'run')
+    args = yaml.safe_load((run / 'args.yaml').read_text())
+    (run / 'args.yaml').write_text(yaml.safe_dump(dict(args, stim_mode='off')))
+    wdir = tmp_path / 'weights'
+    wdir.mkdir()
+    for extra in ([], ['--default']):
+        with pytest.raises(SystemExit):
+            main([str(run)] + RELEASE + ['--weights-dir', str(wdir)] + extra)
+        assert 'release an ST++ run of cifar_resnet20_stim first' in capsys.readouterr().err
+    assert not any(wdir.iterdir())
+
+
 def test_add_weights_takes_train_checkpoint(run_dir, tmp_path):
     from timm_stim.models import weights as W
     entry = W.add_weights(run_dir / 'last.pth.tar', 'cifar_resnet20_stim', 'ema', 10, tmp_path, use_ema=True)

@@ -42,7 +42,7 @@ from .data import data_config_at, fit_channels
 from .depth import valid_depths
 from .models import CIFAR_ARCHS, STIM_BASES
 from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, load_checkpoint_state_dict,
-                             weights_dir, write_weights)
+                             read_manifest, weights_dir, write_weights)
 from .train import _non_negative_int, _positive_int, build_parser as train_parser
 from .loaders import create_split_loader
 from .validate import _sweep_configs, evaluate_depths
@@ -112,6 +112,18 @@ def resolve_checkpoint(run: str, which: str) -> Tuple[Path, Optional[Path]]:
     if not ckpt.is_file():
         raise ReleaseError(f'{ckpt} does not exist (--checkpoint last|best|FILE).')
     return ckpt, path
+
+
+def check_default_is_stim(model: str, tag: str, mode: str, default: bool, directory: Path) -> None:
+    """The default tag of a `_stim` name is never a baseline: a baseline (`--stim-mode off`) run goes to a `_stim`
+    name only after an ST / ST++ tag of it, and never with `--default`."""
+    if not model.endswith('_stim') or mode != 'off':
+        return
+    others = [e for e in read_manifest(directory, strict=False) if e.model == model and e.tag != tag]
+    if default or not any(e.mode != 'off' for e in others):
+        raise ReleaseError(f'{model}.{tag} would be the default tag of {model} but the run is a baseline '
+                           f'(--stim-mode off): release an ST++ run of {model} first (with --default), then this '
+                           f'one without --default; CIFAR baselines go to the base name (e.g. cifar_resnet20).')
 
 
 def _load_meta(ckpt: Path) -> Dict[str, Any]:
@@ -312,6 +324,8 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     if arch_kwargs:
         raise ReleaseError(f'the run used --model-kwargs {arch_kwargs}: a pretrained tag cannot carry '
                            f'model arguments; release runs of the plain architecture.')
+    check_default_is_stim(model_name, opts.tag, args.get('stim_mode', 'stpp'), opts.default,
+                          opts.weights_dir or weights_dir())
     weights = _pick_weights(opts.weights, args)
     num_classes, in_chans = int(args.get('num_classes') or 1000), int(args.get('in_chans') or 3)
     try:
