@@ -221,18 +221,3 @@ def test_progress_rewrites_one_line_on_a_terminal():
     assert demo._fit(line, 200) == ' '.join(line.split())
     assert demo._fit(line, 90) == 'Train: 0 [ 46/468 ( 10%)] Loss: 1.945 505.1 img/s ETA: 0:02:29 epoch, 0:02:29 run'
 
-
-def test_finetune_benchmark_keeps_other_tags_whatever_their_precision(tmp_path):
-    """benchmarks/finetune.py measuring one tag keeps the others measured under the same schedule, each with its
-    own precision (MobileNetV3 fine-tunes in float32), and drops results of another schedule."""
-    sys.path.insert(0, str(REPO / 'benchmarks'))
-    import finetune
-    settings = dict(epochs=1, lr=0.02, input_size=[1, 28, 28])
-    old = dict(command='c', commit='x', settings=dict(settings, precision='bfloat16'),
-               results={'a.t': dict(pretrained=dict(results=[]), scratch=dict(results=[])), 'b.t': {}})
-    out = tmp_path / 'finetune.json'
-    out.write_text(json.dumps(old))
-    kept = finetune.earlier_results(out, settings, ['b.t'])
-    assert list(kept) == ['a.t']
-    assert kept['a.t']['pretrained'] == dict(results=[], command='c', commit='x', precision='bfloat16')
-    assert finetune.earlier_results(out, dict(settings, epochs=2), ['b.t']) == {}

@@ -1,0 +1,35 @@
+"""The benchmark scripts' own logic (their numbers are in benchmarks/results/, not asserted here)."""
+import json
+import sys
+from pathlib import Path
+
+from timm_stim.models import weights as W
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'benchmarks'))
+
+
+def test_finetune_benchmark_keeps_other_tags_whatever_their_precision(tmp_path):
+    """benchmarks/finetune.py measuring one tag keeps the others measured under the same schedule, each with its
+    own precision (MobileNetV3 fine-tunes in float32), and drops results of another schedule."""
+    import finetune
+    settings = dict(epochs=1, lr=0.02, input_size=[1, 28, 28])
+    old = dict(command='c', commit='x', settings=dict(settings, precision='bfloat16'),
+               results={'a.t': dict(pretrained=dict(results=[]), scratch=dict(results=[])), 'b.t': {}})
+    out = tmp_path / 'finetune.json'
+    out.write_text(json.dumps(old))
+    kept = finetune.earlier_results(out, settings, ['b.t'])
+    assert list(kept) == ['a.t']
+    assert kept['a.t']['pretrained'] == dict(results=[], command='c', commit='x', precision='bfloat16')
+    assert finetune.earlier_results(out, dict(settings, epochs=2), ['b.t']) == {}
+
+
+def test_verify_weights_says_which_tags_need_the_hub(tmp_path):
+    """benchmarks/verify_weights.py: a tag whose file is kept out of an install (weights/hub/, neither the file nor
+    its committed parts there) is reported as needing the Hub, not measured and not failed."""
+    import verify_weights
+    entry = W.WeightsEntry(model='resnet50_stim', tag='t', file='hub/resnet50_stim.t.safetensors', sha256='0' * 64,
+                           num_classes=10, dataset='cifar10', metrics=dict(top1=90.0))
+    where = dict(path=tmp_path, cwd=tmp_path, weights=tmp_path / 'weights')
+    res = verify_weights.measure(entry, where, verify_weights.parse_args([]))
+    assert res['status'] == 'needs the Hub' and 'timm-stim/resnet50_stim.t' in res['why']
