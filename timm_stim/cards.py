@@ -263,11 +263,7 @@ def comparison(entry: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
     if base is not None:
         for arm, st in stats.items():
             if arm not in BASELINE_ARMS:
-                text += (f'\n{arm} minus baseline: {st["mean"] - base["mean"]:+.2f} pt top-1 (seed sd '
-                         f'{st["sd"]:.2f} vs {base["sd"]:.2f})')
-                if st['sub_mean'] is not None and base['sub_mean'] is not None:
-                    text += f', {st["sub_mean"] - base["sub_mean"]:+.2f} pt sub-network mean'
-                text += '.'
+                text += f'\n{arm} minus baseline: {_versus(st, base)}.'
     if _base(entry.model) == HEADLINE_RUNS['model'] and entry.dataset == HEADLINE_RUNS['dataset']:
         text += '\n\n' + '\n'.join(f'- {line}' for line in comparisons(runs))
     files = sorted({f for st in stats.values() for f in st['files']})
