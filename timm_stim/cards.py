@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Model cards, generated from the weights manifest and `benchmarks/results/*.json`, never typed by hand.
 
-    python -m timm_stim.cards                 # rewrite MODEL_CARD.md and README.md's zoo table (a test fails when stale)
-    python -m timm_stim.cards --check         # exit 1 when either differs from what the manifest gives
+    python -m timm_stim.cards                 # rewrite MODEL_CARD.md and README.md's generated blocks
+    python -m timm_stim.cards --check         # exit 1 when either is stale (a test runs this)
+
+README.md's generated blocks sit between marks: the headline numbers (HEADLINE_MARKS: every ResNet-20 arm and
+schedule, the chosen ST++ arm at equal epochs, equal wall-clock and as a fine-tune), the other architectures
+(ARCHS_MARKS), the fine-tuning tables (FINETUNE_MARKS, from finetune.json) and the zoo table (README_MARKS).
 
 `model_card(entry)` is the Hub `README.md` of one tag (`timm-stim-export` writes it): YAML front matter as
 `huggingface_hub.ModelCardData` writes it, timm-style sections, usage that starts with `import timm_stim`, the
