@@ -260,7 +260,7 @@ def comparison(entry: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
     rows = ['| arm | top-1 mean (%) | sd | min-max | seeds | sub-network top-1 mean (%) | training hours (1 thread) |',
             '|---|---|---|---|---|---|---|']
     for arm, st in stats.items():
-        rows.append(f'| {arm}{" (baseline)" if arm in BASELINE_ARMS else ""} | {st["mean"]:.2f} | {st["sd"]:.2f} | '
+        rows.append(f'| {arm}{" (baseline)" if arm in BASELINE_ARMS and arm != "baseline" else ""} | {st["mean"]:.2f} | {st["sd"]:.2f} | '
                     f'{st["min"]:.2f}-{st["max"]:.2f} | {st["n"]} | {_fmt(st["sub_mean"])} | {_fmt(st["hours"])} |')
     text = '\n'.join(rows) + '\n'
     base = next((stats[a] for a in BASELINE_ARMS if a in stats), None)
