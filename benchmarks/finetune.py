@@ -32,6 +32,8 @@ from timm_stim import demo  # noqa: E402
 from timm_stim.models.weights import read_manifest  # noqa: E402
 
 OUT = ROOT / 'benchmarks' / 'results' / 'finetune.json'
+# the settings that make results comparable; the rest is description, and precision is each tag's own
+SCHEDULE = ('dataset', 'input_size', 'epochs', 'lr', 'batch_size', 'train_images', 'test_images', 'bn_images')
 # the demo's flags this script passes through (same names, same defaults)
 PASSED = ('epochs', 'lr', 'data_dir', 'train_subset', 'test_subset', 'depths', 'threads', 'no_amp', 'seed')
 
@@ -103,14 +105,15 @@ def plot(report: Dict[str, Any], out_png: Path) -> None:
 
 
 def earlier_results(out: Path, settings: Dict[str, Any], tags: Sequence[str]) -> Dict[str, Any]:
-    """The results of other tags already in `out` under the same settings, each with the command and commit that
-    made it (older results get the file's), so that measuring one new tag does not drop the others."""
+    """The results of other tags already in `out` under the same schedule (`SCHEDULE`), each with the command,
+    commit and precision that made it (older results get the file's), so that measuring one new tag does not drop
+    the others."""
     try:
         old = json.loads(out.read_text())
     except (OSError, ValueError):
         return {}
-    if {k: v for k, v in (old.get('settings') or {}).items() if k != 'precision'} != settings:
-        return {}  # (precision is per tag: the tag's own, recorded with each result; older files kept it here)
+    if any((old.get('settings') or {}).get(k) != settings.get(k) for k in SCHEDULE):
+        return {}
     kept = {}
     for tag, arms in old.get('results', {}).items():
         if tag not in tags:
@@ -148,7 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
             schedule='SGD Nesterov 0.9, cosine per step to 0, no warm-up, weight decay 5e-4 on every parameter, '
                      'pad-crop 4 and flip, BN re-estimated after training and per configuration',
             arms='pretrained: the tag\'s weights, first conv summed to 1 channel by timm, 10-class head kept; '
-                 'scratch: random initialisation (zero_init_last=False); same flags otherwise')
+                 'scratch: random initialisation (zero_init_last=False where the architecture has it); same flags '
+                 'otherwise')
         report['results'][tag] = {
             arm: dict(stim=r['stim'], precision=r['precision'], train_command=r['train_command'], seconds=r['seconds'],
                       full_top1=next(x['top1'] for x in r['results'] if x['full']), results=r['results'],

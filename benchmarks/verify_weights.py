@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, command_line, git_commit, git_dirty, machine_info, write_report  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from timm_stim.models.weights import WeightsEntry, read_manifest  # noqa: E402
+from timm_stim.models.weights import WeightsEntry, part_files, read_manifest  # noqa: E402
 
 RESULTS = ROOT / 'benchmarks' / 'results'
 DATA = {'cifar10': (ROOT / '..' / 'shared' / 'data' / 'cifar10').resolve()}
@@ -65,11 +65,18 @@ def install(kind: str, work: Path) -> Dict[str, Any]:
     return dict(path=site, cwd=work, weights=site / 'timm_stim' / '_weights')
 
 
+def _has_parts(path: Path) -> bool:
+    try:
+        return bool(part_files(path))
+    except ValueError:  # damaged parts are in the install: measuring reports the error
+        return True
+
+
 def measure(entry: WeightsEntry, where: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
     """Top-1 of `pretrained=True` in a fresh, offline interpreter that imports timm_stim from `where`."""
     data = args.data_dir or DATA.get(entry.dataset)
-    if entry.file.startswith('hub/') and not (where['weights'] / entry.file).exists() and not any(
-            (where['weights'] / 'hub').glob(Path(entry.file).name + '.part*')):
+    local = where['weights'] / entry.file
+    if entry.file.startswith('hub/') and not local.exists() and not _has_parts(local):
         return dict(status='needs the Hub', why=f'{entry.file} is not in this install (fetched from '
                                                 f'{entry.hub_id} at first use; this machine is offline)')
     env = {k: v for k, v in os.environ.items() if k not in ('TIMM_STIM_WEIGHTS_DIR', 'PYTHONPATH')}

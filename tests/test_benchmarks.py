@@ -22,6 +22,7 @@ def test_finetune_benchmark_keeps_other_tags_whatever_their_precision(tmp_path):
     assert list(kept) == ['a.t']
     assert kept['a.t']['pretrained'] == dict(results=[], command='c', commit='x', precision='bfloat16')
     assert finetune.earlier_results(out, dict(settings, epochs=2), ['b.t']) == {}
+    assert list(finetune.earlier_results(out, dict(settings, arms='reworded', threads=2), ['b.t'])) == ['a.t']
 
 
 def test_verify_weights_says_which_tags_need_the_hub(tmp_path):

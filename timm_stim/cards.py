@@ -25,7 +25,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from huggingface_hub import EvalResult, ModelCardData
 
@@ -260,7 +260,7 @@ def comparison(entry: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
     rows = ['| arm | top-1 mean (%) | sd | min-max | seeds | sub-network top-1 mean (%) | training hours (1 thread) |',
             '|---|---|---|---|---|---|---|']
     for arm, st in stats.items():
-        rows.append(f'| {arm}{" (baseline)" if arm in BASELINE_ARMS and arm != "baseline" else ""} | {st["mean"]:.2f} | {st["sd"]:.2f} | '
+        rows.append(f'| {arm}{" (baseline)" if arm == "off" else ""} | {st["mean"]:.2f} | {st["sd"]:.2f} | '
                     f'{st["min"]:.2f}-{st["max"]:.2f} | {st["n"]} | {_fmt(st["sub_mean"])} | {_fmt(st["hours"])} |')
     text = '\n'.join(rows) + '\n'
     base = next((stats[a] for a in BASELINE_ARMS if a in stats), None)
@@ -269,7 +269,8 @@ def comparison(entry: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
             if arm not in BASELINE_ARMS:
                 text += f'\n{arm} minus baseline: {_versus(st, base)}.'
     if _base(entry.model) == HEADLINE_RUNS['model'] and entry.dataset == HEADLINE_RUNS['dataset']:
-        text += '\n\n' + '\n'.join(f'- {line}' for line in comparisons(runs))
+        stats = _stats_by_schedule(runs, entry.model, entry.dataset)
+        text += '\n\n' + '\n'.join(f'- {line}' for line in comparisons(stats, step_costs()))
     files = sorted({f for st in stats.values() for f in st['files']})
     return text + f'\n\nSource: `benchmarks/results/{"`, `".join(files)}`.\n'
 
@@ -377,12 +378,6 @@ def step_costs(results_dir: Optional[Path] = None) -> Dict[str, float]:
         return {}
 
 
-def wallclock_epochs(arm: str, epochs: int, results_dir: Optional[Path] = None) -> Optional[int]:
-    """Baseline epochs that take as long as `epochs` of `arm`, rounded; None when its cost is not measured."""
-    cost = step_costs(results_dir).get(arm)
-    return round(epochs * cost) if cost else None
-
-
 def _stats_by_schedule(runs: Sequence[Dict[str, Any]], model: str, dataset: str) -> Dict[tuple, Dict[str, Any]]:
     """arm_stats keyed by (arm, epochs), baselines first, then by epochs and arm."""
     schedules = sorted({r.get('epochs') for r in runs if _base(str(r.get('model', ''))) == _base(model)
@@ -396,7 +391,7 @@ def _seeds(st: Dict[str, Any]) -> str:
 
 
 def _versus(st: Dict[str, Any], ref: Dict[str, Any]) -> str:
-    """'+0.12 pt top-1 (seed sd 0.20 vs 0.31), +25.3 pt sub-network mean': st minus ref."""
+    """'+0.12 pt top-1 (seed sd 0.20 over 3 vs 0.31 over 3), +25.3 pt sub-network mean': st minus ref."""
     spread = (f'seed sd {st["sd"]:.2f} over {st["n"]} vs {ref["sd"]:.2f} over {ref["n"]}' if max(st['n'], ref['n']) > 1
               else 'one seed each')
     text = f'{st["mean"] - ref["mean"]:+.2f} pt top-1 ({spread})'
@@ -405,12 +400,12 @@ def _versus(st: Dict[str, Any], ref: Dict[str, Any]) -> str:
     return text
 
 
-def comparisons(runs: Sequence[Dict[str, Any]], results_dir: Optional[Path] = None) -> List[str]:
-    """The chosen ST++ arm of HEADLINE_RUNS against what a user would train instead: the baseline at equal epochs,
-    the arms given equal wall-clock, and itself as a short fine-tune of the baseline; missing runs are said so."""
-    h = HEADLINE_RUNS
-    stats = _stats_by_schedule(runs, h['model'], h['dataset'])
-    chosen, ep = h['chosen'], h['epochs']
+def comparisons(stats: Dict[tuple, Dict[str, Any]], costs: Dict[str, float]) -> List[str]:
+    """The chosen ST++ arm of HEADLINE_RUNS (`stats`: its architecture's `_stats_by_schedule`) against what a user
+    would train instead: the baseline at equal epochs, the arms given equal wall-clock (the baseline epochs that take
+    as long as the chosen arm's, by its step cost in `costs`), and itself as a short fine-tune of the baseline;
+    missing runs are said so."""
+    chosen, ep = HEADLINE_RUNS['chosen'], HEADLINE_RUNS['epochs']
     st = stats.get((chosen, ep))
     if st is None:
         return [f'`{chosen}` at {ep} epochs: not finished yet.']
@@ -418,7 +413,7 @@ def comparisons(runs: Sequence[Dict[str, Any]], results_dir: Optional[Path] = No
     what = f'{st["description"]}; ' if st.get('description') else ''
     lines = [f'equal epochs ({ep}): `{chosen}` ({what}the ST++ recipe chosen in stage 1) minus the baseline: '
              + (_versus(st, base) if base else 'no baseline yet')]
-    wall = wallclock_epochs(chosen, ep, results_dir)
+    wall = round(ep * costs[chosen]) if chosen in costs else None
     others = {arm: s for (arm, e), s in stats.items() if e == wall and wall != ep}
     lines.append(f'equal wall-clock (the other arms given {wall} epochs, the time of {ep} ST++ epochs by '
                  f'`{ARM_COST}`): ' + ('; '.join(f'`{chosen}` minus `{arm}`: {_versus(st, s)}' for arm, s in
@@ -441,15 +436,21 @@ def headline(runs: Sequence[Dict[str, Any]], results_dir: Optional[Path] = None)
     if not any(arm in BASELINE_ARMS for arm, _ in stats):
         return f'No finished baseline run yet ({where}).'
     costs = step_costs(results_dir)
-    rows = ['| arm | epochs | seeds | top-1 (mean ± sd) | minus the baseline (same epochs) | sub-network mean | '
-            'minus the baseline | step cost |', '|---|---|---|---|---|---|---|---|']
-    rows += _arm_rows(stats, lambda arm, st: _fmt(costs.get(arm.removeprefix('ft_'))))
+    rows = _arm_head('step cost') + _arm_rows(stats, lambda arm, st: _fmt(costs.get(arm.removeprefix('ft_'))))
     return (f'Measured ({where}; step cost: one-thread time per training step over the baseline\'s, '
-            f'`{ARM_COST}`):\n\n' + '\n'.join(f'- {line}' for line in comparisons(runs, results_dir))
+            f'`{ARM_COST}`):\n\n' + '\n'.join(f'- {line}' for line in comparisons(stats, costs))
             + '\n\n' + '\n'.join(rows))
 
 
-def _arm_rows(stats: Dict[tuple, Dict[str, Any]], last: Any, first: str = '') -> List[str]:
+def _arm_head(last: str, first: str = '') -> List[str]:
+    """The header of an `_arm_rows` table."""
+    cols = ([first] if first else []) + ['arm', 'epochs', 'seeds', 'top-1 (mean ± sd)', 'minus the baseline (same '
+                                         'epochs)', 'sub-network mean', 'minus the baseline', last]
+    return ['| ' + ' | '.join(cols) + ' |', '|---' * len(cols) + '|']
+
+
+def _arm_rows(stats: Dict[tuple, Dict[str, Any]], last: Callable[[str, Dict[str, Any]], str],
+             first: str = '') -> List[str]:
     """Table rows of `_stats_by_schedule` stats: arm, epochs, seeds, top-1, its difference from the baseline of the
     same epochs, sub-network mean and its difference; `last(arm, st)` fills the final column, `first` leads."""
     rows = []
@@ -472,8 +473,7 @@ def archs_table(runs: Sequence[Dict[str, Any]], dataset: str = 'cifar10') -> str
     against the baseline of the same recipe and epochs, with training hours (one thread, evaluation excluded)."""
     models = sorted({_base(str(r.get('model'))) for r in runs if r.get('dataset') == dataset
                      and _base(str(r.get('model'))) != HEADLINE_RUNS['model']})
-    rows = ['| model | arm | epochs | seeds | top-1 (mean ± sd) | minus the baseline (same epochs) | sub-network mean | '
-            'minus the baseline | training hours |', '|---|---|---|---|---|---|---|---|---|']
+    rows = _arm_head('training hours', 'model')
     for model in models:
         rows += _arm_rows(_stats_by_schedule(runs, model, dataset), lambda arm, st: _fmt(st['hours']),
                           first=f'{model} | ')

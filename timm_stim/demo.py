@@ -381,8 +381,7 @@ def format_table(result: Dict[str, Any]) -> str:
     how = 'from random initialisation' if result['from_scratch'] else f'from {result["model"]}'
     lines = [f'Fashion-MNIST test split ({result["test_images"]:,} images), {result["epochs"]} epoch(s) of '
              f'{_method(result["stim"])} '
-             f'{how}; BN re-estimated per configuration on {result["bn_images"]:,} training images:',
-]
+             f'{how}; BN re-estimated per configuration on {result["bn_images"]:,} training images:']
     labels = [','.join(map(str, r['depths'])) + (' (full)' if r['full'] else '') for r in rows]
     width = max([16] + [len(x) + 2 for x in labels])
     lines.append(f'  {"depths":<{width}}{"MFLOPs":>8}{"of full":>9}{"top-1 %":>10}')
