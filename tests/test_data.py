@@ -95,6 +95,22 @@ def test_channel_adaptation_resize_and_errors():
         D.TensorLoader(_toy(), 0, True, MEAN, STD)
 
 
+
+def test_run_data_configs_from_recorded_args():
+    """A run's recorded args give its training config (the model's cfg fills what it left unset, channels fitted)
+    and its evaluation config at --eval-img-size; without an eval size both are the same."""
+    import timm
+    model = timm.create_model('cifar_resnet20', num_classes=10, in_chans=1)
+    run = {'img_size': 24, 'eval_img_size': 32, 'mean': [0.4], 'std': None, 'crop_pct': 1.0,
+           'in_chans': 1, 'num_classes': 10}
+    train, evaluation = D.run_data_configs(run, model, 1)
+    assert train['input_size'] == (1, 24, 24) and evaluation['input_size'] == (1, 32, 32)
+    assert train['mean'] == pytest.approx((0.4,)) and len(train['std']) == 1 and train['crop_pct'] == 1.0
+    assert {k: v for k, v in evaluation.items() if k != 'input_size'} == {
+        k: v for k, v in train.items() if k != 'input_size'}
+    same = D.run_data_configs(dict(run, eval_img_size=None), model, 1)
+    assert same[0] == same[1]
+
 @needs_cifar
 def test_folder_cache_is_written_once_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv(D.CACHE_ENV, str(tmp_path))

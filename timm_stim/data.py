@@ -20,7 +20,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 __all__ = [
     'CACHE_ENV', 'FASHION_MNIST_DIR', 'ImageTensors', 'TensorLoader', 'default_cache_dir', 'load_image_tensors',
     'subset_indices', 'batch_seed', 'TransformSubset', 'dataset_targets', 'fits_fast_path', 'fit_channels',
-    'data_config_at',
+    'data_config_at', 'run_data_configs',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -453,3 +453,13 @@ def data_config_at(data_config: dict, img_size: Optional[int] = None,
     elif img_size is not None:
         cfg['input_size'] = (cfg['input_size'][0], int(img_size), int(img_size))
     return cfg
+
+
+def run_data_configs(run: Mapping[str, Any], model: torch.nn.Module, in_chans: int,
+                     verbose: bool = False) -> Tuple[dict, dict]:
+    """A run's (training, evaluation) data configs from its arguments: timm-stim-train's namespace as a dict, or a
+    run's recorded `args.yaml`. timm's `resolve_data_config` over its data flags (the model's cfg fills the rest),
+    fitted to `in_chans`, then the same config at `eval_img_size` / `eval_input_size` when the run set one."""
+    from timm.data import resolve_data_config
+    train = fit_channels(resolve_data_config(dict(run), model=model, verbose=verbose), in_chans)
+    return train, data_config_at(train, run.get('eval_img_size'), run.get('eval_input_size'))

@@ -36,9 +36,8 @@ import torch
 import torch.nn as nn
 import yaml
 from timm import utils
-from timm.data import resolve_data_config
 
-from .data import data_config_at, fit_channels
+from .data import run_data_configs
 from .depth import valid_depths
 from .models import CIFAR_ARCHS, STIM_BASES
 from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, load_checkpoint_state_dict,
@@ -336,9 +335,7 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     device = torch.device(opts.device)
     model.to(device)
     # the run's two resolutions: it trained (and re-estimated BN) at train_config's, evaluated at data_config's
-    train_config = fit_channels(resolve_data_config({k: args.get(k) for k in (
-        'input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation', 'in_chans')}, model=model), in_chans)
-    data_config = data_config_at(train_config, args.get('eval_img_size'), args.get('eval_input_size'))
+    train_config, data_config = run_data_configs(args, model, in_chans)
     data_args = _data_args(opts, args)
     split = opts.split or args.get('val_split') or 'validation'
     subset = opts.val_subset or args.get('val_subset')

@@ -41,7 +41,6 @@ import torch.nn as nn
 import yaml
 
 from timm import utils
-from timm.data import resolve_data_config
 from timm.layers import convert_sync_batchnorm
 from timm.loss import create_classification_loss
 from timm.models import create_model, is_model, list_models, safe_model_name, split_model_name_tag
@@ -54,7 +53,7 @@ from timm.utils.model import unwrap_model
 import timm_stim  # noqa: F401  (registers the *_stim models)
 from .checkpoint import (CKPT_EXT, CheckpointWriteError, Progress, StimCheckpointSaver, find_resume_checkpoint,
                          gather_rng_states, restore_progress, restore_rng, restore_saver, resume_checkpoint)
-from .data import data_config_at, fit_channels
+from .data import run_data_configs
 from .depth import compile_blocks, find_stages
 from .evaluation import evaluate
 from .guards import NonFiniteLossError, any_rank, nonfinite_tensors, recovery_advice
@@ -489,9 +488,7 @@ def _create_model(args: argparse.Namespace, device: torch.device):
         args.num_classes = model.num_classes
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
-    data_config = fit_channels(resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args)),
-                               _in_chans(args))
-    eval_config = data_config_at(data_config, args.eval_img_size, args.eval_input_size)
+    data_config, eval_config = run_data_configs(vars(args), model, _in_chans(args), verbose=utils.is_primary(args))
     model.to(device=device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)

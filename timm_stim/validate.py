@@ -29,12 +29,11 @@ import torch
 import torch.nn as nn
 
 from timm import utils
-from timm.data import resolve_data_config
 from timm.models import create_model, load_checkpoint
 from timm.utils import load_checkpoint_metadata
 
 import timm_stim  # noqa: F401  (registers the *_stim models)
-from .data import data_config_at, fit_channels
+from .data import data_config_at, run_data_configs
 from .depth import check_depths, find_stages, full_depths, recalibrate_bn, subnetwork, valid_depths
 from .elastic import depth_profile
 from .evaluation import evaluate
@@ -227,13 +226,15 @@ def _bn_images(args, recalib_loader) -> int:
 
 
 DATA_FLAGS = ('img_size', 'input_size', 'crop_pct', 'mean', 'std', 'interpolation')
+EVAL_SIZES = ('eval_img_size', 'eval_input_size')  # set only from a run's record
 
 
 def use_recorded_args(args: argparse.Namespace) -> Dict[str, Any]:
     """A training checkpoint is evaluated as its run evaluated: its recorded class count and input channels when
-    not given, and when no data flag (`DATA_FLAGS`) is given its recorded ones (its evaluation size, and its
-    training size for BN re-estimation). A `resnet18_stim` trained on CIFAR-10 at 32x32 with CIFAR mean / std is
-    then not measured with the 1000-class, 224-px ImageNet cfg. Returns what it set."""
+    not given, and when no data flag (`DATA_FLAGS`) is given its recorded ones, with its evaluation size
+    (`eval_img_size` / `eval_input_size`; BN is then re-estimated at its training size). A `resnet18_stim` trained on
+    CIFAR-10 at 32x32 with CIFAR mean / std is then not measured with the 1000-class, 224-px ImageNet cfg. Returns
+    what it set."""
     if not args.checkpoint.endswith(('.pth', '.tar')):
         return {}
     try:
@@ -242,16 +243,8 @@ def use_recorded_args(args: argparse.Namespace) -> Dict[str, Any]:
         return {}
     run = vars(run) if isinstance(run, argparse.Namespace) else dict(run or {})
     taken = {k: run[k] for k in ('num_classes', 'in_chans') if getattr(args, k) is None and run.get(k)}
-    if any(getattr(args, k) not in (None, '') for k in DATA_FLAGS):
-        return _set(args, taken)
-    taken.update({k: run[k] for k in DATA_FLAGS if run.get(k) not in (None, '')})
-    if run.get('eval_img_size') or run.get('eval_input_size'):
-        if run.get('eval_input_size'):
-            taken.update(input_size=run['eval_input_size'], img_size=None)
-        else:
-            taken.update(img_size=run['eval_img_size'], input_size=None)
-        if args.bn_recalib_img_size is None and run.get('img_size'):
-            taken['bn_recalib_img_size'] = run['img_size']
+    if not any(getattr(args, k) not in (None, '') for k in DATA_FLAGS):
+        taken.update({k: run[k] for k in DATA_FLAGS + EVAL_SIZES if run.get(k) not in (None, '')})
     return _set(args, taken)
 
 
@@ -274,7 +267,7 @@ def _run(args, argv) -> Dict[str, Any]:
                          **args.model_kwargs)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
-    data_config = fit_channels(resolve_data_config(vars(args), model=model, verbose=True), in_chans)
+    train_config, data_config = run_data_configs(vars(args), model, in_chans, verbose=True)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -287,7 +280,8 @@ def _run(args, argv) -> Dict[str, Any]:
 
     loader = create_split_loader(args, data_config, args.split, args.val_subset, False, device)
     # training images in seeded random order; recalibrate_bn stops after --bn-recalib of them
-    recalib_config = data_config_at(data_config, args.bn_recalib_img_size)  # the training size, when given
+    # the training size (the run's, or --bn-recalib-img-size), when it differs from the evaluation size
+    recalib_config = data_config_at(data_config, args.bn_recalib_img_size) if args.bn_recalib_img_size else train_config
     recalib = create_split_loader(args, recalib_config, args.train_split, None, True, device,
                                   augment=args.bn_recalib_aug) if args.bn_recalib else None
     bn_images = _bn_images(args, recalib)
