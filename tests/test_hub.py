@@ -486,3 +486,24 @@ def test_readme_archs_table_compares_each_architecture_with_its_own_baseline():
     assert '| resnet18 | `baseline` | 30 | 1 | 84.50 | - | 80.0 | - | 1.00 |' in text
     assert '| resnet18 | `stpp_scale075` | 30 | 1 | 84.00 | -0.50 | 83.0 | +3.0 | 1.80 |' in text
     assert 'cifar_resnet20' not in text
+    assert 'Falls of' not in text  # no curves, nothing to say
+
+
+def test_setbacks_name_a_run_whose_top1_fell_under_the_shared_recipe():
+    from timm_stim.cards import archs_table, setbacks
+    runs = [dict(model='mobilenetv3_large_100_stim', dataset='cifar10', arm='baseline', seed=0, epochs=6, top1=70.0,
+                 curve_top1=[40.0, 32.0, 27.0, 39.0, 41.0, 70.0]),
+            dict(model='mobilenetv3_large_100_stim', dataset='cifar10', arm='stpp_scale075', seed=0, epochs=6,
+                 top1=60.0, curve_top1=[50.0, 46.0, 47.0, 52.0, 55.0, 60.0]),  # a 4-pt dip: not worth a line
+            dict(model='resnet18_stim', dataset='cifar10', arm='baseline', seed=1, epochs=6, top1=60.0,
+                 curve_top1=[50.0, 55.0, 44.0, 45.0, 46.0, 47.0])]
+    assert setbacks(runs, 'mobilenetv3_large_100', 'cifar10') == [
+        '`baseline` seed 0: validation top-1 fell from 40.00 (epoch 1) to 27.00 (epoch 3) and passed 40.00 again '
+        'at epoch 5 of 6.']
+    assert setbacks(runs, 'resnet18', 'cifar10') == [
+        '`baseline` seed 1: validation top-1 fell from 55.00 (epoch 2) to 44.00 (epoch 3) and never passed it again '
+        'in 6 epochs.']
+    assert setbacks(runs, 'resnet18', 'cifar10', epochs=30) == []
+    text = archs_table([dict(r, results_file='cifar10.json') for r in runs])
+    assert '- mobilenetv3_large_100 `baseline` seed 0: validation top-1 fell from 40.00' in text
+    assert '- resnet18 `baseline` seed 1:' in text and 'stpp_scale075` seed 0: validation' not in text
