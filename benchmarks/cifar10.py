@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,9 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, git_commit, machine_info  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from timm_stim.cards import HEADLINE_RUNS  # noqa: E402
 
 RECIPE = ROOT / 'benchmarks' / 'recipes' / 'cifar10.yaml'
 DATA = (ROOT / '..' / 'shared' / 'data' / 'cifar10').resolve()
@@ -110,7 +114,6 @@ def stash(args) -> None:
     committed: the next session resumes from there even on a machine without the run directory. The stash of a
     run that has finished since is removed."""
     import shutil
-    sys.path.insert(0, str(ROOT))
     from timm_stim.checkpoint import find_resume_checkpoint
     for d in sorted(_runs_dir(args).glob('*')):
         rows = _summary(d)
@@ -243,9 +246,10 @@ def _groups(runs: List[Dict[str, Any]], model: str) -> Dict[str, List[Dict[str, 
     return out
 
 
-def _robustness_panel(ax, model: str, groups: Dict[str, List[Dict[str, Any]]]) -> None:
-    """Top-1 of every depth configuration against its MFLOPs, averaged over a group's finished seeds; the full
-    network ringed."""
+def _robustness_panel(ax, title: str, groups: Dict[str, List[Dict[str, Any]]], colors: Dict[str, str]) -> None:
+    """Top-1 of every depth configuration against its MFLOPs, averaged over a group's finished seeds (a line through
+    the mean at each FLOPs level where levels are shared); the full network ringed; a group keeps its colour
+    (`colors`) in every panel."""
     for label, items in groups.items():
         done = [r['robustness'] for r in items if r['robustness']]
         if not done:
@@ -253,14 +257,30 @@ def _robustness_panel(ax, model: str, groups: Dict[str, List[Dict[str, Any]]]) -
         cfgs = [dict(c, top1=sum(d['configs'][i]['top1'] for d in done) / len(done))
                 for i, c in enumerate(done[0]['configs'])]
         sub = sum(d['sub_mean'] for d in done) / len(done)
-        dots = ax.scatter([c['flops'] / 1e6 for c in cfgs], [c['top1'] for c in cfgs], s=10,
-                          label=f'{label}, {len(done)} seed{"s" * (len(done) > 1)} (sub mean {sub:.1f})')
+        ax.scatter([c['flops'] / 1e6 for c in cfgs], [c['top1'] for c in cfgs], s=8, alpha=.6, color=colors[label],
+                   label=f'{label}, {len(done)} seed{"s" * (len(done) > 1)} (sub mean {sub:.1f})')
+        levels = sorted({c['flops'] for c in cfgs})
+        if len(levels) <= len(cfgs) / 2:  # configurations share FLOPs levels (CIFAR ResNets): a line through means
+            ax.plot([f / 1e6 for f in levels], [statistics.fmean(c['top1'] for c in cfgs if c['flops'] == f)
+                                                for f in levels], color=colors[label], lw=1, alpha=.8)
         full = max(cfgs, key=lambda c: c['flops'])
-        ax.scatter([full['flops'] / 1e6], [full['top1']], s=60, facecolors='none', edgecolors=dots.get_facecolor())
-    ax.set(xlabel='MFLOPs', ylabel='top-1 (%)', title=f'{model}: every depth configuration, BN re-estimated')
+        ax.scatter([full['flops'] / 1e6], [full['top1']], s=60, facecolors='none', edgecolors=colors[label])
+    ax.set(xlabel='MFLOPs', ylabel='top-1 (%)', title=title)
     ax.grid(alpha=.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=6)
+
+
+def headline_panels(groups: Dict[str, List[Dict[str, Any]]], chosen: str,
+                    epochs: int) -> Dict[str, Dict[str, List[Dict[str, Any]]]]:
+    """ResNet-20's two robustness panels: stage 1 (every arm at `epochs` from scratch), and the chosen ST++ arm
+    against what a user would train instead (the baseline at any schedule, stochastic depth, the fine-tune)."""
+    first = {k: g for k, g in groups.items() if g[0]['epochs'] == epochs and g[0]['arm'] in ARMS
+             and not g[0]['arm'].startswith('droppath')}
+    instead = {k: g for k, g in groups.items() if g[0]['arm'] in ('baseline', chosen, f'ft_{chosen}')
+               or g[0]['arm'].startswith('droppath')}
+    return {f'stage 1: which ST++ ({epochs} epochs)': first,
+            f'`{chosen}` against what a user would train instead': instead}
 
 
 def plot(runs: List[Dict[str, Any]]) -> None:
@@ -292,11 +312,21 @@ def plot(runs: List[Dict[str, Any]]) -> None:
     fig.tight_layout()
     fig.savefig(OUT.with_name('cifar10_curves.png'), dpi=120)
     written = [OUT.with_name('cifar10_curves.png')]
+    title = 'every depth configuration, BN re-estimated'
     for model in models:
-        fig, ax = plt.subplots(figsize=(8, 5.5))
-        _robustness_panel(ax, model, _groups(runs, model))
+        groups = _groups(runs, model)
+        colors = {label: f'C{i % 10}' for i, label in enumerate(groups)}
+        if model == HEADLINE_RUNS['model']:
+            panels = headline_panels(groups, HEADLINE_RUNS['chosen'], HEADLINE_RUNS['epochs'])
+        else:
+            panels = {'': groups}
+        fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5.5), squeeze=False, sharey=True)
+        for ax, (what, part) in zip(axes.flat, panels.items()):
+            _robustness_panel(ax, what or f'{model}: {title}', part, colors)
+        if len(panels) > 1:
+            fig.suptitle(f'{model}: {title}')
         fig.tight_layout()
-        name = 'cifar10_robustness.png' if model == 'cifar_resnet20' else f'cifar10_robustness_{model}.png'
+        name = 'cifar10_robustness.png' if model == HEADLINE_RUNS['model'] else f'cifar10_robustness_{model}.png'
         path = OUT.with_name(name)
         fig.savefig(path, dpi=120)
         written.append(path)

@@ -34,3 +34,16 @@ def test_verify_weights_says_which_tags_need_the_hub(tmp_path):
     where = dict(path=tmp_path, cwd=tmp_path, weights=tmp_path / 'weights')
     res = verify_weights.measure(entry, where, verify_weights.parse_args([]))
     assert res['status'] == 'needs the Hub' and 'timm-stim/resnet50_stim.t' in res['why']
+
+
+def test_resnet20_robustness_panels_split_stage1_from_what_a_user_would_train_instead():
+    """benchmarks/cifar10.py: the README's robustness figure puts every 30-epoch arm in the stage-1 panel, and the
+    chosen ST++ arm (any schedule, its fine-tune) with the baselines and stochastic depth in the other."""
+    import cifar10
+    groups = {f'{arm} e{ep}': [dict(arm=arm, epochs=ep)] for arm, ep in [
+        ('baseline', 30), ('st', 30), ('stpp_scale075', 30), ('baseline', 46), ('droppath01', 46),
+        ('ft_stpp_scale075', 5), ('stpp_scale075', 100), ('stpp_amp2', 30)]}
+    first, instead = cifar10.headline_panels(groups, 'stpp_scale075', 30).values()
+    assert list(first) == ['baseline e30', 'st e30', 'stpp_scale075 e30', 'stpp_amp2 e30']
+    assert list(instead) == ['baseline e30', 'stpp_scale075 e30', 'baseline e46', 'droppath01 e46',
+                             'ft_stpp_scale075 e5', 'stpp_scale075 e100']

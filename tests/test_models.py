@@ -203,7 +203,7 @@ def test_strict_load_of_timm_base_weights(name):
     """`<arch>_stim` has exactly `<arch>`'s layout: timm-initialised weights load strictly, outputs match."""
     torch.manual_seed(1)
     base = timm.create_model(STIM_BASES[name]).eval()
-    model = timm.create_model(name).eval()
+    model = timm.create_model(name, num_classes=base.num_classes).eval()  # a released CIFAR-10 default tag aside
     model.load_state_dict(base.state_dict(), strict=True)
     assert list(model.state_dict()) == list(base.state_dict())
     x = torch.randn(2, 3, 32, 32)
