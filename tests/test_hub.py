@@ -465,13 +465,18 @@ def test_readme_finetune_tables_come_from_finetune_json(tmp_path):
         'cifar_resnet20.b': dict(pretrained=arm([89, 78], st), scratch=arm([84, 72], st)),
         'mobilenetv3_large_100_stim.c': dict(pretrained=arm([91, 85], st, 'float32'), scratch=arm([80, 70], st))})
     (tmp_path / 'finetune.json').write_text(json.dumps(report))
-    text = finetune_tables(tmp_path)
+    text = finetune_tables(tmp_path, modes={'cifar_resnet20_stim.a': 'stpp', 'cifar_resnet20.b': 'off',
+                                            'mobilenetv3_large_100_stim.c': 'stpp'})
+    assert '- `cifar_resnet20_stim.a` minus random initialisation: +7.00 to +9.00 pt' in text
+    assert '- `cifar_resnet20_stim.a` minus the baseline tag `cifar_resnet20.b`: +1.00 to +2.00 pt' in text
+    assert '- `mobilenetv3_large_100_stim.c` minus random initialisation: +11.00 to +15.00 pt' in text
+    assert 'minus the baseline tag `cifar_resnet20_stim.a`' not in text and 'c` minus the baseline' not in text
     assert text.count('| cifar_resnet20: start | precision | full (62 MFLOPs) | 1,1,1 (19 MFLOPs) |') == 1
     assert '| `cifar_resnet20_stim.a` | bfloat16 | 90.00 | 80.00 |' in text
     assert '| random initialisation (`--stim-mode stpp`) | bfloat16 | 83.00 | 71.00 |' in text
     assert '84.00' not in text  # the same scratch setting of the same architecture is shown once
     assert '| `mobilenetv3_large_100_stim.c` | float32 | 91.00 | 85.00 |' in text
-    assert text.count('random initialisation') == 2
+    assert text.count('| random initialisation') == 2
 
 
 def test_readme_archs_table_compares_each_architecture_with_its_own_baseline():
