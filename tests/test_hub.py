@@ -99,6 +99,15 @@ def test_release_records_measured_numbers(released, run_dir):
     assert 'over a seeded sample of 4 of the 27 configurations (the full network included)' in depth_table(entry)
 
 
+def test_released_command_leaves_out_how_the_run_was_resumed():
+    """A run resumed after a stop records the resuming line; the tag's command is the run's, without --resume."""
+    from timm_stim.release import train_command, without_resume
+    line = 'timm-stim-train -c r.yaml --model m --resume /runs/m --epochs 30 --no-resume-opt --resume=/x --seed 1'
+    assert without_resume(line) == 'timm-stim-train -c r.yaml --model m --epochs 30 --seed 1'
+    command, changed = train_command(dict(model='m', epochs=30, resume='/runs/m', no_resume_opt=True))
+    assert command == 'timm-stim-train --model m --epochs 30' and 'resume' not in changed
+
+
 def test_pretrained_gives_reevaluated_top1(released):
     wdir, entry = released
     res = _python(f'''

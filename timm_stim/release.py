@@ -50,7 +50,9 @@ from .version import source_commit
 __all__ = ['build_parser', 'main', 'release', 'ReleaseError', 'train_command']
 
 _logger = logging.getLogger('release')
-_MACHINE_KEYS = {'data', 'config', 'device', 'local_rank', 'rank', 'world_size', 'distributed', 'prefetcher'}
+# how one process ran, not how the weights were trained: left out of the released command and train_args
+_MACHINE_KEYS = {'data', 'config', 'device', 'local_rank', 'rank', 'world_size', 'distributed', 'prefetcher',
+                 'resume', 'no_resume_opt'}
 
 
 class ReleaseError(RuntimeError):
@@ -193,6 +195,18 @@ def train_command(args: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
         else:
             parts += [flag, str(value)]
     return ' '.join(parts), changed
+
+
+def without_resume(command: str) -> str:
+    """A recorded training command line without `--resume PATH` / `--resume=PATH` (and `--no-resume-opt`): a run
+    resumed after a stop records the resuming process's line, but the weights come from the run, not the resume."""
+    words, out = iter(command.split()), []
+    for word in words:
+        if word == '--resume':
+            next(words, None)
+        elif not word.startswith('--resume=') and word != '--no-resume-opt':
+            out.append(word)
+    return ' '.join(out)
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -358,7 +372,8 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     stored = choose_storage(model, state_dict, opts.storage, full['top1'], loader, device,
                             data_config['input_size'])
     command, changed = train_command(args)
-    command = args.get('command') or command  # the literal command line, when the run recorded it
+    # the literal command line, when the run recorded it (a resumed process's, less its --resume)
+    command = without_resume(args['command']) if args.get('command') else command
     info = dict(
         dataset=opts.dataset_name or _dataset_name(data_args), recipe=args.get('config') or '', command=command,
         metrics=dict(top1=round(full['top1'], 3), top5=round(full['top5'], 3)), license='apache-2.0',
