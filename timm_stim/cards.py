@@ -358,7 +358,7 @@ def _zoo_status(entries: Sequence[WeightsEntry]) -> str:
 
 def _zoo_entry(e: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
     return (f'### {e.name}\n' + _training(e)[len('## Training\n'):] + '\n' + depth_table(e) + '\nST++ versus '
-            'baseline: ' + comparison(e, runs))
+            'baseline:\n\n' + comparison(e, runs))
 
 
 def zoo_card(entries: Sequence[WeightsEntry], runs: Sequence[Dict[str, Any]] = ()) -> str:
