@@ -446,8 +446,8 @@ def test_readme_headline_states_st_pp_against_the_baseline_either_way(tmp_path):
     runs = [run('baseline', 0, 87.0, 57.0), run('baseline', 1, 86.0, 55.0), run(chosen, 0, 85.5, 75.0),
             run(chosen, 1, 85.5, 77.0), run('droppath01', 0, 88.0, 70.0, epochs=99)]  # not the equal wall-clock
     text = headline(runs, tmp_path)
-    assert '| `baseline` | 30 | 2 | 86.50 ± 0.71 | - | 56.0 | - | 1.00 |' in text
-    assert f'| `{chosen}` | 30 | 2 | 85.50 ± 0.00 | -1.00 | 76.0 | +20.0 | 1.50 |' in text
+    assert '| `baseline` | 30 | 2 | 86.50 ± 0.71 | - | 56.0 ± 1.4 | - | 1.00 |' in text  # seed spread of both
+    assert f'| `{chosen}` | 30 | 2 | 85.50 ± 0.00 | -1.00 | 76.0 ± 1.4 | +20.0 | 1.50 |' in text
     assert (f'equal epochs (30): `{chosen}` (the ST++ recipe chosen in stage 1) minus the baseline: -1.00 pt '
             'top-1 (seed sd 0.00 over 2 vs 0.71 over 2), +20.0 pt sub-network mean') in text
     assert 'equal wall-clock (the other arms given 45 epochs' in text and 'not finished yet' in text

@@ -128,6 +128,7 @@ def arm_stats(runs: Sequence[Dict[str, Any]], model: str, dataset: str,
                           min=min(vals), max=max(vals), n=len(vals), seeds=[r.get('seed') for r in items],
                           sub_mean=statistics.fmean(subs) if subs else None,
                           sub_sd=statistics.stdev(subs) if len(subs) > 1 else (0.0 if subs else None),
+                          sub_n=len(subs),
                           hours=statistics.fmean(hours) if hours else None,
                           description=next((r['arm_description'] for r in items if r.get('arm_description')), None),
                           files=sorted({r['results_file'] for r in items}))
@@ -423,6 +424,11 @@ def _seeds(st: Dict[str, Any]) -> str:
     return f'{st["mean"]:.2f} ± {st["sd"]:.2f}' if st['n'] > 1 else f'{st["mean"]:.2f}'
 
 
+def _sub_seeds(st: Dict[str, Any]) -> str:
+    """Sub-network mean top-1, with its seed sd when more than one of the arm's seeds has a sweep."""
+    return _fmt(st['sub_mean'], 1) + (f' ± {st["sub_sd"]:.1f}' if st.get('sub_n', 0) > 1 else '')
+
+
 def _versus(st: Dict[str, Any], ref: Dict[str, Any]) -> str:
     """'+0.12 pt top-1 (seed sd 0.20 over 3 vs 0.31 over 3), +25.3 pt sub-network mean': st minus ref."""
     spread = (f'seed sd {st["sd"]:.2f} over {st["n"]} vs {ref["sd"]:.2f} over {ref["n"]}' if max(st['n'], ref['n']) > 1
@@ -478,7 +484,7 @@ def headline(runs: Sequence[Dict[str, Any]], results_dir: Optional[Path] = None)
 def _arm_head(last: str, first: str = '') -> List[str]:
     """The header of an `_arm_rows` table."""
     cols = ([first] if first else []) + ['arm', 'epochs', 'seeds', 'top-1 (mean ± sd)', 'minus the baseline (same '
-                                         'epochs)', 'sub-network mean', 'minus the baseline', last]
+                                         'epochs)', 'sub-network mean (± sd)', 'minus the baseline', last]
     return ['| ' + ' | '.join(cols) + ' |', '|---' * len(cols) + '|']
 
 
@@ -494,7 +500,7 @@ def _arm_rows(stats: Dict[tuple, Dict[str, Any]], last: Callable[[str, Dict[str,
         sub_diff = (f'{st["sub_mean"] - base["sub_mean"]:+.1f}' if base and base is not st and st['sub_mean']
                     is not None and base['sub_mean'] is not None else '-')
         rows.append(f'| {first}`{arm}`{what} | {ep} | {st["n"]} | {_seeds(st)} | {diff} | '
-                    f'{_fmt(st["sub_mean"], 1)} | {sub_diff} | {last(arm, st)} |')
+                    f'{_sub_seeds(st)} | {sub_diff} | {last(arm, st)} |')
     return rows
 
 
