@@ -460,7 +460,8 @@ def comparisons(stats: Dict[tuple, Dict[str, Any]], costs: Dict[str, float]) -> 
     tuned = {(arm, e): s for (arm, e), s in stats.items() if arm == f'ft_{chosen}'}
     lines.append(f'ST++ as a short fine-tune of the {ep}-epoch baseline: ' + ('; '.join(
         f'`{arm}` ({e} epochs) minus `{chosen}` from scratch: {_versus(s, st)}'
-        + (f'; minus the baseline it started from: {_versus(s, base)}' if base else '')
+        + (f'; minus the {ep}-epoch baseline (all its seeds, one of which it started from): {_versus(s, base)}'
+           if base else '')
         for (arm, e), s in tuned.items()) or 'not finished yet'))
     return lines
 
