@@ -111,21 +111,24 @@ STASH_FILES = ('args.yaml', 'summary.csv', 'command.txt', 'train.log')
 
 def stash(args) -> None:
     """Copy each unfinished run's newest resumable checkpoint (and its logs) into benchmarks/checkpoints/, to be
-    committed: the next session resumes from there even on a machine without the run directory. The stash of a
-    run that has finished since is removed."""
+    committed: the next session resumes from there even on a machine without the run directory. A finished run
+    keeps its final checkpoint there until `collect` has swept it into cifar10.json; then its stash is removed."""
     import shutil
     from timm_stim.checkpoint import find_resume_checkpoint
+    swept = json.loads(OUT.read_text())['runs'] if OUT.exists() else []
+    collected = {r['run'] for r in swept if r.get('robustness')}
     for d in sorted(_runs_dir(args).glob('*')):
         rows = _summary(d)
         if not (d / 'args.yaml').exists():
             continue
-        if rows and len(rows) == int(_args(d)['epochs']):
+        finished = bool(rows) and len(rows) == int(_args(d)['epochs'])
+        if finished and d.name in collected:
             if (STASH / d.name).is_dir():
                 shutil.rmtree(STASH / d.name)
-                print(f'removed the stash of {d.name}: finished')
+                print(f'removed the stash of {d.name}: finished and collected')
             continue
-        try:
-            ckpt = Path(find_resume_checkpoint(str(d)))
+        try:  # a finished run not yet collected keeps its final checkpoint, for `collect` to sweep
+            ckpt = d / 'last.pth.tar' if finished else Path(find_resume_checkpoint(str(d)))
         except FileNotFoundError:
             continue
         if ckpt.stat().st_size > args.max_mb * 2 ** 20:  # timm's ResNets, MobileNetV3: too large for git
