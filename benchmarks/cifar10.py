@@ -294,6 +294,7 @@ def plot(runs: List[Dict[str, Any]]) -> None:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print('matplotlib not installed: no plots')
         return
@@ -306,7 +307,12 @@ def plot(runs: List[Dict[str, Any]]) -> None:
             for j, r in enumerate(items):
                 ax.plot(range(1, len(r['curve_top1']) + 1), r['curve_top1'], color=f'C{i % 10}', lw=1,
                         label=label if j == 0 else None)
-        ax.set(xlabel='epoch', ylabel='top-1 (%)', title=f'{model} (one line per seed)', ylim=(40, 100))
+        lowest = min((min(r['curve_top1']) for r in runs if r['curve_top1']
+                      and r['model'].replace('_stim', '') == model), default=40)
+        # a fall below 40 % (an unstable start, cards.setbacks) stays in view
+        ax.set(xlabel='epoch', ylabel='top-1 (%)', title=f'{model} (one line per seed)',
+               ylim=(max(0, min(40, lowest - 5)), 100))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend(fontsize=6)
         ax.grid(alpha=.3)
     for ax in list(axes.flat)[len(models):]:
@@ -318,6 +324,8 @@ def plot(runs: List[Dict[str, Any]]) -> None:
     title = 'every depth configuration, BN re-estimated'
     for model in models:
         groups = _groups(runs, model)
+        if not any(r['robustness'] for items in groups.values() for r in items):
+            continue  # no finished, swept run yet: no empty figure
         colors = {label: f'C{i % 10}' for i, label in enumerate(groups)}
         if model == HEADLINE_RUNS['model']:
             panels = headline_panels(groups, HEADLINE_RUNS['chosen'], HEADLINE_RUNS['epochs'])
