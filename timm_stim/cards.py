@@ -6,7 +6,8 @@
 
 README.md's generated blocks sit between marks: the headline numbers (HEADLINE_MARKS: every ResNet-20 arm and
 schedule, the chosen ST++ arm at equal epochs, equal wall-clock and as a fine-tune), the other architectures
-(ARCHS_MARKS), the fine-tuning tables (FINETUNE_MARKS, from finetune.json) and the zoo table (README_MARKS).
+(ARCHS_MARKS), the fine-tuning tables (FINETUNE_MARKS, from finetune.json), the zoo table (README_MARKS) and the
+benchmark tables of `## Measured` (`timm_stim.measured`).
 
 `model_card(entry)` is the Hub `README.md` of one tag (`timm-stim-export` writes it): YAML front matter as
 `huggingface_hub.ModelCardData` writes it, timm-style sections, usage that starts with `import timm_stim`, the
@@ -29,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from .measured import measured_blocks
 from .models.weights import GIT_PART_MB, WHEEL_MAX_MB, WeightsEntry, read_manifest
 
 __all__ = ['model_card', 'zoo_card', 'load_results', 'arm_stats', 'write_zoo_card', 'card_data']
@@ -592,8 +594,11 @@ def _replace_block(text: str, marks: Sequence[str], body: str, sep: str = '\n') 
 
 def readme_with_zoo(readme: str, entries: Sequence[WeightsEntry], runs: Sequence[Dict[str, Any]] = ()) -> str:
     """README.md with its generated blocks replaced: the zoo table between README_MARKS (the same rows as
-    MODEL_CARD.md) and the headline numbers between HEADLINE_MARKS; text without the marks is kept as it is."""
+    MODEL_CARD.md), the headline numbers between HEADLINE_MARKS, the other architectures, the fine-tuning tables and
+    the benchmark tables of `timm_stim.measured`; text without the marks is kept as it is."""
     readme = _replace_block(readme, README_MARKS, _zoo_status(entries).split('\n', 1)[1].strip())
+    for marks, body in measured_blocks().items():
+        readme = _replace_block(readme, marks, body)
     readme = _replace_block(readme, FINETUNE_MARKS, finetune_tables())
     readme = _replace_block(readme, ARCHS_MARKS, archs_table(runs))
     return _replace_block(readme, HEADLINE_MARKS, headline(runs))

@@ -1,0 +1,120 @@
+"""README's benchmark tables (`timm_stim.measured`): rows from the committed `benchmarks/results/*.json`, a clear line
+for a missing or incomplete file, and README.md holding exactly what the renderers write."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from timm_stim.measured import BLOCKS, RESULTS, marks, render
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(file: str) -> dict:
+    return json.loads((RESULTS / file).read_text())
+
+
+def _row(text: str, start: str) -> str:
+    """The one table row of `text` that starts with `| {start} |`."""
+    (row,) = [line for line in text.splitlines() if line.startswith(f'| {start} |')]
+    return row
+
+
+def test_every_block_names_its_json_and_its_command():
+    for name, (file, _) in BLOCKS.items():
+        data = _load(file)
+        first = render(name).splitlines()[0]
+        assert first.startswith(f'Source: `benchmarks/results/{file}`'), name
+        assert (data.get('command') or data['last_command']) in first, name
+
+
+def test_parity_and_bn_protocol_tables_come_from_parity_json():
+    runs = {(r['arm'], r['precision']): r for r in _load('parity.json')['runs']}
+    plain, rec = runs[('plain', 'bf16')]['top1'], runs[('ours_wd_all_no_zero_init', 'bf16')]
+    text = render('parity')
+    assert _row(text, 'plain PyTorch loop') == f'| plain PyTorch loop | {plain:.2f} |  |'
+    wd = runs[('ours_wd_all', 'bf16')]['top1']
+    assert _row(text, '+ weight decay on every parameter (`--no-filter-bias-and-bn`)').endswith(
+        f'| {wd:.2f} | {wd - plain:+.2f} |')
+    fp32 = runs[('ours_wd_all_no_zero_init', 'fp32')]['top1']
+    assert f'| **{rec["top1"]:.2f}** (float32: {fp32:.2f}) | {rec["top1"] - plain:+.2f} |' in text
+    assert f'- the recommended recipe, bfloat16 minus float32: {rec["top1"] - fp32:+.2f} points' in text
+    bn = render('bn-protocol')
+    assert _row(bn, 'recommended, bf16') == '| recommended, bf16 | ' + ' | '.join(
+        f'{rec["bn_protocols"][k]:.2f}' for k in ('stored', 'train_aug', 'train_plain')) + ' |'
+    assert _row(bn, 'earlier recipe').startswith(f'| earlier recipe | {runs[("ours_v0", "bf16")]["top1"]:.2f} |')
+
+
+def test_precision_table_comes_from_throughput_precision_json():
+    rows = {(r['model'], r['mode'], r['layout']): r['img_per_s'] for r in _load('throughput_precision.json')['rows']}
+    text = render('precision')
+    base = _row(text, 'CIFAR ResNet-56 | baseline')
+    assert base == '| CIFAR ResNet-56 | baseline | ' + ' | '.join(
+        f'{rows[("cifar_resnet56", "off", lay)][p]:,.0f}' for p, lay in
+        (('fp32', '1x1t'), ('bf16', '1x1t'), ('bf16', '1x2t'), ('bf16', '2x1t'))) + ' |'
+    off, stpp = rows[('resnet50_stim', 'off', '1x1t')], rows[('resnet50_stim', 'stpp', '1x1t')]
+    assert _row(text, 'resnet50_stim').startswith(
+        f'| resnet50_stim | baseline / ST++ | {off["fp32"]:.0f} / {stpp["fp32"]:.0f} |')
+    mnv3 = rows[('mobilenetv3_large_100_stim', 'off', '1x1t')]
+    assert f'{mnv3["fp32"] / mnv3["bf16"]:.2f}' in text and 'mobilenetv3_large_100_stim' in text.split('faster;')[1]
+
+
+def test_overhead_table_comes_from_overhead_json():
+    data = _load('overhead.json')
+    text = render('overhead')
+    r20 = next(r for r in data['results'] if r['model'] == 'cifar_resnet20')['modes']
+    assert _row(text, 'CIFAR ResNet-20') == '| CIFAR ResNet-20 | ' + ' | '.join(
+        f'{r20[k]["ratio"]:.2f}× (FLOPs {r20[k]["flops_ratio"]:.2f}×)' for k in ('st', 'stpp_k1', 'stpp_k6')) + ' |'
+    over = [m['ratio_over_flops_ratio'] for r in data['results'] for k, m in r['modes'].items() if k != 'off']
+    assert f'Measured / FLOPs-implied: {min(over):.2f}-{max(over):.2f} (' in text
+
+
+def test_data_path_table_comes_from_throughput_json():
+    data = _load('throughput.json')
+    med = {k: v['median'] for k, v in data['img_per_s'].items()}
+    ref = med['plain_imagefolder_dataloader']
+    text = render('data-path')
+    assert _row(text, 'timm-stim: in-memory uint8 cache + batched tensor augmentation').endswith(
+        f'| {med["ours"]:.0f} ({med["ours"] / ref:.2f}×) | {med["ours_channels_last"]:.0f} '
+        f'({med["ours_channels_last"] / ref:.2f}×) |')
+    assert f'{med["ours_channels_last"] / med["plain_channels_last"]:.2f}× (channels-last)' in text
+    assert f'{data["data_only_img_per_s"]["ours_tensor_loader"]:,.0f} (timm-stim)' in text
+
+
+def test_amplitude_table_comes_from_amplitude_json():
+    data = _load('amplitude.json')
+    res, other = data['results'], data['baseline_other_seeds']['1']
+    text = render('amplitude')
+    assert _row(text, 'baseline (`off`), seeds 0 / 1').endswith(
+        f'| {100 * res["off"]["top1"]:.1f} / {100 * other["top1"]:.1f} |')
+    assert _row(text, '`stpp`, A = 3.16, main CE on A·LN(z) / on raw z').endswith(
+        f'| {100 * res["stpp_A3.16_norm"]["top1"]:.1f} / {100 * res["stpp_A3.16_raw"]["top1"]:.1f} |')
+    assert f'{data["init_gradients"]["main_ratio_to_raw"]["A10"]:.1f}× (A = 10)' in text
+
+
+def test_inference_and_import_time_come_from_their_json():
+    ratios = [r['ratio'] for r in _load('inference.json')['stim_vs_base']]
+    assert f'{min(ratios):.2f}-{max(ratios):.2f}× its timm base model' in render('inference')
+    imp = _load('import_time.json')
+    assert f'adds {imp["added_ms"]:.1f} ms to `import timm`' in render('import-time')
+
+
+def test_a_missing_or_incomplete_json_is_said_so(tmp_path):
+    assert render('parity', tmp_path) == 'Not measured: `benchmarks/results/parity.json` is missing.'
+    (tmp_path / 'overhead.json').write_text(json.dumps({'command': 'python benchmarks/overhead.py'}))
+    assert render('overhead', tmp_path).startswith(
+        'Not shown: `benchmarks/results/overhead.json` lacks what this block needs (KeyError')
+    (tmp_path / 'amplitude.json').write_text('{"results": ')
+    assert render('amplitude', tmp_path).startswith('Not shown: `benchmarks/results/amplitude.json` cannot be read')
+    shutil.copy(RESULTS / 'throughput.json', tmp_path)  # the others render from a folder like the real one
+    assert render('data-path', tmp_path) == render('data-path')
+
+
+@pytest.mark.parametrize('name', list(BLOCKS))
+def test_readme_holds_each_block_as_rendered(name):
+    start, end = marks(name)
+    assert f'{start}\n{render(name)}\n{end}' in (REPO / 'README.md').read_text(), \
+        f'README.md block {name} is stale: run python -m timm_stim.cards'
