@@ -453,7 +453,7 @@ def test_readme_headline_states_st_pp_against_the_baseline_either_way(tmp_path):
     assert 'equal wall-clock (the other arms given 45 epochs' in text and 'not finished yet' in text
     runs += [run('baseline', 0, 88.5, 58.0, epochs=45), run(f'ft_{chosen}', 0, 86.0, 80.0, epochs=5)]
     text = headline(runs, tmp_path)
-    assert f'`{chosen}` minus `baseline`: -3.00 pt top-1 (seed sd 0.00 over 2 vs 0.00 over 1), +18.0 pt' in text
+    assert f'`{chosen}` minus `baseline`: -3.00 pt top-1 (seed sd 0.00 over 2 vs one seed), +18.0 pt' in text
     assert f'`ft_{chosen}` (5 epochs) minus `{chosen}` from scratch: +0.50 pt top-1' in text
     assert '| `baseline` | 45 | 1 | 88.50 | - |' in text
     start, end = HEADLINE_MARKS
