@@ -142,3 +142,45 @@ def test_fashion_mnist_from_debian_package():
     assert va.images.shape == (10000, 1, 28, 28) and len(va.classes) == 10
     x, y = next(iter(D.TensorLoader(tr, 20, True, (0.286,), (0.353,), seed=0)))
     assert x.shape == (20, 1, 28, 28) and y.shape == (20,) and torch.isfinite(x).all()
+
+
+def _torchvision_cifar10(root: Path, per_batch: int = 8, test: int = 12) -> D.ImageTensors:
+    """A small `cifar-10-batches-py` folder in torchvision's pickle layout (what `--dataset-download` leaves);
+    returns its training images as (N, 3, 32, 32) uint8 and labels."""
+    import pickle
+    import numpy as np
+    folder = root / 'cifar-10-batches-py'
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for name, n in [(f'data_batch_{i}', per_batch) for i in range(1, 6)] + [('test_batch', test)]:
+        data = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
+        target = [int(x) for x in rng.integers(0, 10, n)]
+        with open(folder / name, 'wb') as f:
+            pickle.dump({'data': data, 'labels': target}, f)
+        if name != 'test_batch':
+            images.append(data)
+            labels += target
+    with open(folder / 'batches.meta', 'wb') as f:
+        pickle.dump({'label_names': [f'class{i}' for i in range(10)]}, f)
+    return D.ImageTensors(torch.as_tensor(np.concatenate(images)).view(-1, 3, 32, 32), torch.tensor(labels), [])
+
+
+def test_torchvision_cifar10_layout_trains_end_to_end(tmp_path, monkeypatch, stim_cache):
+    """`--dataset torch/cifar10` (how a user online gets CIFAR-10, with `--dataset-download`) reads torchvision's
+    pickle layout: the fast path decodes the same images and labels, and `timm-stim-train` trains on it and writes
+    its checkpoint. torchvision's md5 check is switched off for the small stand-in files."""
+    import torchvision.datasets.cifar as tv_cifar
+    monkeypatch.setattr(tv_cifar, 'check_integrity', lambda *args, **kwargs: True)
+    want = _torchvision_cifar10(tmp_path / 'data')
+    train = D.load_image_tensors('torch/cifar10', str(tmp_path / 'data'), 'train')
+    assert torch.equal(train.images, want.images) and torch.equal(train.targets, want.targets)
+    assert train.classes[:2] == ['class0', 'class1']
+    assert len(D.load_image_tensors('torch/cifar10', str(tmp_path / 'data'), 'validation').targets) == 12
+    from timm_stim.train import main
+    main(['--dataset', 'torch/cifar10', '--data-dir', str(tmp_path / 'data'), '--model', 'cifar_resnet20_stim',
+          '--num-classes', '10', '-b', '8', '--epochs', '1', '--warmup-epochs', '0', '--stim-mode', 'stpp',
+          '--stim-subnets', '1', '--stim-bn-recalib', '16', '--no-plot', '--output', str(tmp_path / 'out'),
+          '--experiment', 'tv'])
+    rows = (tmp_path / 'out' / 'tv' / 'summary.csv').read_text().splitlines()
+    assert len(rows) == 2 and (tmp_path / 'out' / 'tv' / 'last.pth.tar').is_file()

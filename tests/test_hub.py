@@ -377,6 +377,8 @@ def test_card_front_matter_and_numbers_equal_results_json(released, exported, tm
     assert len(blocks) == 4 and all(b.startswith('import timm_stim\n') for b in blocks)
     assert 'CIFAR-10 images at 32x32' in text and 'not ImageNet' in text and '@inproceedings{ye2022' in text
     assert '![top-1 against FLOPs' in text and entry.command in text
+    assert '--data-dir' in entry.command  # the training machine's path, and how to rerun it elsewhere:
+    assert '`--dataset torch/cifar10 --dataset-download --data-dir DIR`' in text
     assert (exported / 'README.md').read_text().startswith('---\n')  # the exported card is the same generator's
     assert 'claims no gain' in model_card(entry, [])
 

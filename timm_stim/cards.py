@@ -311,11 +311,21 @@ def comparison(entry: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
     return text + f'\n\nSource: `benchmarks/results/{"`, `".join(files)}`.\n'
 
 
+def _paths_note(entry: WeightsEntry) -> str:
+    """How to rerun a recorded command elsewhere: its `--data-dir` and `--output` are the training machine's."""
+    if '--data-dir' not in (entry.command or ''):
+        return ''
+    online = (', or `--dataset torch/cifar10 --dataset-download --data-dir DIR` (torchvision downloads it, as with '
+              "timm's `train.py`)" if entry.dataset == 'cifar10' else '')
+    return (f'- `--data-dir` and `--output` are the paths of the machine that trained it. Elsewhere pass your own: '
+            f'a folder with `train/` and `val/` class folders{online}.\n')
+
+
 def _training(entry: WeightsEntry) -> str:
     ev = entry.evaluation
     logged = ev.get('logged_top1')
-    return (f'## Training\n```bash\n{entry.command or "(command not recorded)"}\n```\n'
-            f'- Released with `{entry.release_command or "timm-stim-release"}` from `{entry.source or "-"}` '
+    return (f'## Training\n```bash\n{entry.command or "(command not recorded)"}\n```\n' + _paths_note(entry)
+            + f'- Released with `{entry.release_command or "timm-stim-release"}` from `{entry.source or "-"}` '
             f'at timm-stim commit `{entry.commit or "-"}`.\n'
             f'- Top-1 re-measured in float32 on {ev.get("num_images", "-")} images of the `{ev.get("split", "-")}` '
             f'split: **{_fmt(entry.metrics.get("top1"))}** (the run logged {_fmt(logged)}; '
