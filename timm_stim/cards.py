@@ -444,9 +444,12 @@ def _sub_seeds(st: Dict[str, Any]) -> str:
 def _versus(st: Dict[str, Any], ref: Dict[str, Any]) -> str:
     """'+0.12 pt top-1 (seed sd 0.20 over 3 vs 0.31 over 3), +25.3 pt sub-network mean': st minus ref (a side with
     one seed has no sd: 'seed sd 0.09 over 3 vs one seed')."""
+    both = min(st['n'], ref['n']) > 1  # then 'seed sd' once, in front
+
     def side(s: Dict[str, Any]) -> str:
-        return f'{s["sd"]:.2f} over {s["n"]}' if s['n'] > 1 else 'one seed'
-    spread = (f'seed sd {side(st)} vs {side(ref)}' if max(st['n'], ref['n']) > 1 else 'one seed each')
+        return 'one seed' if s['n'] == 1 else ('' if both else 'seed sd ') + f'{s["sd"]:.2f} over {s["n"]}'
+    spread = ('one seed each' if max(st['n'], ref['n']) == 1
+              else ('seed sd ' if both else '') + f'{side(st)} vs {side(ref)}')
     text = f'{st["mean"] - ref["mean"]:+.2f} pt top-1 ({spread})'
     if st['sub_mean'] is not None and ref['sub_mean'] is not None:
         text += f', {st["sub_mean"] - ref["sub_mean"]:+.1f} pt sub-network mean'
