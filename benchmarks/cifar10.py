@@ -162,6 +162,9 @@ def run(args) -> None:
     """Launch the run, or resume it from its newest checkpoint; blocks until it ends (use nohup / & for more)."""
     run_dir = _runs_dir(args) / _name(args.model, args.arm, args.seed, args.epochs)
     _restore(run_dir)
+    if len(_summary(run_dir)) >= args.epochs:
+        print(f'{run_dir.name} has finished its {args.epochs} epochs: nothing to run (`collect` sweeps it)')
+        return
     cmd = train_command(args.model, args.arm, args.seed, args.epochs, run_dir)
     if (run_dir / 'last.pth.tar').exists() or list(run_dir.glob('recovery-*.pth.tar')):
         if '--initial-checkpoint' in cmd:  # a resumed fine-tune restores its weights from the run directory

@@ -47,3 +47,18 @@ def test_resnet20_robustness_panels_split_stage1_from_what_a_user_would_train_in
     assert list(first) == ['baseline e30', 'st e30', 'stpp_scale075 e30', 'stpp_amp2 e30']
     assert list(instead) == ['baseline e30', 'stpp_scale075 e30', 'baseline e46', 'droppath01 e46',
                              'ft_stpp_scale075 e5', 'stpp_scale075 e100']
+
+
+def test_cifar10_run_of_a_finished_run_launches_nothing(tmp_path, monkeypatch, capsys):
+    """benchmarks/cifar10.py run on a run that has all its epochs (a queue that lists it again) says so and starts no
+    training process."""
+    import argparse
+    import subprocess
+    import cifar10
+    run_dir = tmp_path / 'cifar10' / cifar10._name('cifar_resnet20', 'baseline', 0, 2)
+    run_dir.mkdir(parents=True)
+    (run_dir / 'summary.csv').write_text('epoch,eval_top1\n0,50.0\n1,60.0\n')
+    monkeypatch.setattr(subprocess, 'run', lambda *a, **k: (_ for _ in ()).throw(AssertionError('launched')))
+    cifar10.run(argparse.Namespace(runs_dir=str(tmp_path), model='cifar_resnet20', arm='baseline', seed=0, epochs=2,
+                                   threads=1))
+    assert 'has finished its 2 epochs' in capsys.readouterr().out
