@@ -106,7 +106,7 @@ class StimCheckpointSaver(CheckpointSaver):
         write_file(save_path, buffer.getbuffer())
 
 
-def write_file(path: str, data) -> None:
+def write_file(path: str, data: bytes) -> None:
     """Write `data` to `path` and fsync it; on failure remove the partial file and raise `CheckpointWriteError`."""
     try:
         with open(path, 'wb') as f:
@@ -158,8 +158,9 @@ def schedule_diff(old_args: Optional[argparse.Namespace], args: argparse.Namespa
     return {k: (old[k], getattr(args, k)) for k in SCHEDULE_FLAGS if k in old and old[k] != getattr(args, k)}
 
 
-def resume_checkpoint(path: str, task, model: nn.Module, optimizer, loss_scaler, args: argparse.Namespace
-                      ) -> Dict[str, Any]:
+def resume_checkpoint(path: str, task: Optional[nn.Module], model: nn.Module,
+                      optimizer: Optional[torch.optim.Optimizer], loss_scaler: Optional[Any],
+                      args: argparse.Namespace) -> Dict[str, Any]:
     """Restore model, sampler and (unless --no-resume-opt) optimizer and AMP scaler from `path` with timm's
     `resume_task_checkpoint`; refuse non-finite weights. Returns the checkpoint's entries (memory-mapped) for the
     rest of the resume: EMA, schedule, data position, saver history, RNG states."""
@@ -189,7 +190,7 @@ class Progress:
     meters: Optional[Dict[str, float]] = None
 
 
-def restore_progress(ckpt: Optional[Dict[str, Any]], args: argparse.Namespace, lr_scheduler,
+def restore_progress(ckpt: Optional[Dict[str, Any]], args: argparse.Namespace, lr_scheduler: Optional[Any],
                      updates_per_epoch: int) -> Progress:
     """The data position and step of `ckpt` (or `--start-epoch`), with the schedule restored, or rebuilt from the
     new flags where they differ from the checkpoint's, and stepped to that position."""

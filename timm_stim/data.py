@@ -20,7 +20,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -234,7 +234,7 @@ def load_image_tensors(
     return data
 
 
-def fits_fast_path(data_or_shape) -> bool:
+def fits_fast_path(data_or_shape: Union[ImageTensors, Sequence[int]]) -> bool:
     """Small images (both sides <= 64 px) go through the tensor path."""
     shape = data_or_shape.images.shape if isinstance(data_or_shape, ImageTensors) else data_or_shape
     return max(shape[-2:]) <= MAX_FAST_SIDE
@@ -400,15 +400,15 @@ class TransformSubset(torch.utils.data.Subset):
     """`Subset` of a timm dataset that forwards `transform` (timm's create_loader sets it on the dataset)."""
 
     @property
-    def transform(self):
+    def transform(self) -> Optional[Callable]:
         return self.dataset.transform
 
     @transform.setter
-    def transform(self, t):
+    def transform(self, t: Optional[Callable]) -> None:
         self.dataset.transform = t
 
 
-def dataset_targets(ds) -> List[int]:
+def dataset_targets(ds: torch.utils.data.Dataset) -> List[int]:
     """Class index of every sample of a timm / torchvision dataset (without decoding images when possible)."""
     reader = getattr(ds, 'reader', None)
     if reader is not None and hasattr(reader, 'samples'):

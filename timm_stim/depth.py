@@ -130,17 +130,17 @@ def find_stages(model: nn.Module) -> List[Stage]:
         f'{", ".join(supported_families())}. Register an adapter with timm_stim.depth.register_adapter.')
 
 
-def full_depths(model_or_stages) -> Depths:
+def full_depths(model_or_stages: Union[nn.Module, Sequence[Stage]]) -> Depths:
     stages = _as_stages(model_or_stages)
     return tuple(s.num_blocks for s in stages)
 
 
-def depth_ranges(model_or_stages) -> List[Tuple[int, int]]:
+def depth_ranges(model_or_stages: Union[nn.Module, Sequence[Stage]]) -> List[Tuple[int, int]]:
     """Per stage, the (fewest, most) blocks a sub-network may keep."""
     return [(s.min_depth, s.num_blocks) for s in _as_stages(model_or_stages)]
 
 
-def _as_stages(model_or_stages) -> List[Stage]:
+def _as_stages(model_or_stages: Union[nn.Module, Sequence[Stage]]) -> List[Stage]:
     if isinstance(model_or_stages, nn.Module):
         return find_stages(model_or_stages)
     return list(model_or_stages)
@@ -229,7 +229,8 @@ class MultiDepthForward(nn.Module):
         super().__init__()
         self.module = model
 
-    def forward(self, x: torch.Tensor, plan=None):
+    def forward(self, x: torch.Tensor, plan: Optional[Sequence[Tuple[Sequence[int], Optional[int]]]] = None
+                ) -> Union[torch.Tensor, List[torch.Tensor]]:
         if plan is None:
             return self.module(x)
         return run_subnetworks(self.module, x, plan)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -14,7 +14,7 @@ __all__ = ['evaluate']
 @torch.no_grad()
 def evaluate(
         model: nn.Module,
-        loader,
+        loader: Iterable,
         device: torch.device,
         amp_autocast: Callable = nullcontext,
         channels_last: bool = False,

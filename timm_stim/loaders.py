@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence
 
 import torch
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
@@ -104,7 +104,7 @@ class SeededLoader:
                 yield batch
 
 
-def recalib_batches(loader, epoch: int) -> Iterator:
+def recalib_batches(loader: Iterable, epoch: int) -> Iterator:
     """Training images for BN re-estimation, in an order seeded by (seed, epoch) (each rank its own shard)."""
     if hasattr(loader, 'set_epoch'):
         loader.set_epoch(epoch)
@@ -229,7 +229,7 @@ def _timm_loaders(args, data_config, eval_config, device, model_dtype) -> Loader
 
 # ---------------------------------------------------------------------------------------------- one split
 def create_split_loader(args: argparse.Namespace, data_config: Dict[str, Any], split: str, subset: Optional[int],
-                        shuffle: bool, device: torch.device, augment: bool = False):
+                        shuffle: bool, device: torch.device, augment: bool = False) -> Iterable:
     """Batches of `split` for `timm-stim-validate` / `timm-stim-release` (eval transform, or the training one with
     `augment`; a seeded random order with `shuffle`): the tensor path for small images, else timm's loader."""
     check_data_dir(args)

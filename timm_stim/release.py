@@ -30,7 +30,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -283,7 +283,7 @@ def robustness_from(path: str, ckpt: Path, expected: Dict[str, Any]) -> List[Dic
 
 
 def choose_storage(model: nn.Module, state_dict: Dict[str, torch.Tensor], mode: str, top1: float,
-                   loader, device, input_size: Optional[Sequence[int]] = None) -> Dict[str, torch.Tensor]:
+                   loader: Iterable, device: torch.device, input_size: Optional[Sequence[int]] = None) -> Dict[str, torch.Tensor]:
     """float32, or float16 when asked (or auto and above the wheel limit) and its top-1 is the same."""
     nbytes = sum(v.numel() * v.element_size() for v in state_dict.values())
     if mode == 'float32' or (mode == 'auto' and nbytes <= WHEEL_MAX_MB * 2 ** 20):

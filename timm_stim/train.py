@@ -359,7 +359,7 @@ FAST_PATH_IGNORES = (('--scale', 'scale'), ('--ratio', 'ratio'), ('--color-jitte
                      ('--train-interpolation', 'train_interpolation'), ('--aa', 'aa'), ('--reprob', 'reprob'))
 
 
-def fast_path_conflicts(args, parser: Optional[argparse.ArgumentParser] = None) -> List[str]:
+def fast_path_conflicts(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> List[str]:
     """timm augmentation flags set away from their defaults, which the fast tensor path would not honour."""
     parser = parser or build_parser()
     return [flag for flag, attr in FAST_PATH_IGNORES if getattr(args, attr) != parser.get_default(attr)]

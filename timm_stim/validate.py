@@ -23,7 +23,7 @@ import sys
 import time
 from contextlib import nullcontext
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -130,11 +130,11 @@ def _parse_args(argv):
 def evaluate_depths(
         model: nn.Module,
         configs: Sequence[Optional[Sequence[int]]],
-        loader,
-        recalib_loader=None,
+        loader: Iterable,
+        recalib_loader: Optional[Iterable] = None,
         bn_recalib: int = 0,
         device: torch.device = torch.device('cpu'),
-        amp_autocast=nullcontext,
+        amp_autocast: Callable = nullcontext,
         channels_last: bool = False,
         input_size: Optional[Sequence[int]] = None,
 ) -> List[Dict[str, Any]]:

@@ -357,7 +357,8 @@ def join_parts(path: PathLike) -> Path:
     return target
 
 
-def resolve_pretrained_cfg(cfg: Any, directory: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None):
+def resolve_pretrained_cfg(cfg: Any, directory: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None
+                           ) -> Any:
     """Point a timm `PretrainedCfg` at verified weights before timm's `load_pretrained` reads it.
 
     A manifest tag gets `file=<verified path>` (timm then loads it, adapting `num_classes` / `in_chans`).
