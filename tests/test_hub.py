@@ -458,6 +458,11 @@ def test_readme_headline_states_st_pp_against_the_baseline_either_way(tmp_path):
     assert f'`{chosen}` minus `baseline`: -3.00 pt top-1 (seed sd 0.00 over 2 vs one seed), +18.0 pt' in text
     assert f'`ft_{chosen}` (5 epochs) minus `{chosen}` from scratch: +0.50 pt top-1' in text
     assert '| `baseline` | 45 | 1 | 88.50 | - |' in text
+    longer = HEADLINE_RUNS['long']
+    assert f'equal epochs, longer ({longer}; where the crossover lies): not finished yet' in text
+    runs += [run('baseline', 0, 88.0, 58.0, epochs=longer), run(chosen, 0, 88.4, 80.0, epochs=longer)]
+    assert (f'equal epochs, longer ({longer}; where the crossover lies): `{chosen}` minus the baseline: +0.40 pt '
+            'top-1 (one seed each), +22.0 pt sub-network mean') in headline(runs, tmp_path)
     start, end = HEADLINE_MARKS
     assert readme_with_zoo(f'a {start}old{end} b', [], runs) == f'a {start}\n{headline(runs)}\n{end} b'
 
