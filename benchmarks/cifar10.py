@@ -9,6 +9,7 @@ run checkpoints each epoch and every 100 steps, so `run` on an existing director
     python benchmarks/cifar10.py status                                            # where each run stands
     python benchmarks/cifar10.py collect                                           # -> benchmarks/results/cifar10.json
     python benchmarks/cifar10.py stash       # unfinished runs' newest checkpoints -> benchmarks/checkpoints/ (commit)
+    python benchmarks/cifar10.py queue --after PID baseline:cifar_resnet56:0:30 stpp_scale075:cifar_resnet56_stim:0:30
 
 `collect` reads each run's summary.csv / args.yaml and, for finished runs, the robustness sweep written by
 `timm-stim-validate --robustness auto` (BN re-estimated per configuration; every configuration up to 64 of them,
@@ -24,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -158,13 +160,14 @@ def _restore(run_dir: Path) -> None:
         print(f'restored {run_dir} from {STASH / run_dir.name}')
 
 
-def run(args) -> None:
-    """Launch the run, or resume it from its newest checkpoint; blocks until it ends (use nohup / & for more)."""
+def run(args) -> int:
+    """Launch the run, or resume it from its newest checkpoint; blocks until it ends (use nohup / & for more) and
+    returns the training process's exit code."""
     run_dir = _runs_dir(args) / _name(args.model, args.arm, args.seed, args.epochs)
     _restore(run_dir)
     if len(_summary(run_dir)) >= args.epochs:
         print(f'{run_dir.name} has finished its {args.epochs} epochs: nothing to run (`collect` sweeps it)')
-        return
+        return 0
     cmd = train_command(args.model, args.arm, args.seed, args.epochs, run_dir)
     if (run_dir / 'last.pth.tar').exists() or list(run_dir.glob('recovery-*.pth.tar')):
         if '--initial-checkpoint' in cmd:  # a resumed fine-tune restores its weights from the run directory
@@ -177,7 +180,41 @@ def run(args) -> None:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
     exe = [sys.executable, '-m', 'timm_stim.train'] + cmd[1:]
     with open(run_dir / 'train.log', 'a') as log:
-        raise SystemExit(subprocess.run(exe, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode)
+        return subprocess.run(exe, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def parse_spec(spec: str) -> argparse.Namespace:
+    """'ARM:MODEL:SEED:EPOCHS' (e.g. 'stpp_scale075:cifar_resnet56_stim:0:30') as `run`'s arguments."""
+    try:
+        arm, model, seed, epochs = spec.split(':')
+        if arm not in arm_names():
+            raise ValueError(f'unknown arm {arm!r} (one of {", ".join(arm_names())})')
+        return argparse.Namespace(arm=arm, model=model, seed=int(seed), epochs=int(epochs))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f'{spec!r}: want ARM:MODEL:SEED:EPOCHS ({e})') from e
+
+
+def queue(args) -> int:
+    """Run `args.specs` one after another, after process `--after` has ended (one core's share of the campaign:
+    start one queue per core). A run that fails is reported and the queue goes on; returns the number that failed."""
+    while args.after and _alive(args.after):
+        time.sleep(20)
+    failed = 0
+    for spec in args.specs:
+        print(f'{time.strftime("%F %T")} start {spec.arm} {spec.model} seed {spec.seed}, {spec.epochs} epochs',
+              flush=True)
+        rc = run(argparse.Namespace(**vars(args), **vars(spec)))
+        failed += rc != 0
+        print(f'{time.strftime("%F %T")} end (exit code {rc})', flush=True)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def _summary(run_dir: Path) -> List[Dict[str, str]]:
@@ -363,8 +400,13 @@ def main(argv=None) -> None:
     st.add_argument('--max-mb', type=float, default=10, help='larger checkpoints stay in their run directory')
     c = sub.add_parser('collect', help='write benchmarks/results/cifar10.json')
     c.add_argument('--no-robustness', action='store_true')
+    q = sub.add_parser('queue', help='run several runs one after another (blocks; one queue per core)')
+    q.add_argument('specs', nargs='+', type=parse_spec, metavar='ARM:MODEL:SEED:EPOCHS')
+    q.add_argument('--after', type=int, metavar='PID', help='start when this process has ended')
+    q.add_argument('--threads', type=int, default=1)
     args = p.parse_args(argv)
-    {'run': run, 'status': status, 'collect': collect, 'stash': stash}[args.cmd](args)
+    rc = {'run': run, 'status': status, 'collect': collect, 'stash': stash, 'queue': queue}[args.cmd](args)
+    raise SystemExit(rc or 0)
 
 
 if __name__ == '__main__':

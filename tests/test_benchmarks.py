@@ -62,3 +62,26 @@ def test_cifar10_run_of_a_finished_run_launches_nothing(tmp_path, monkeypatch, c
     cifar10.run(argparse.Namespace(runs_dir=str(tmp_path), model='cifar_resnet20', arm='baseline', seed=0, epochs=2,
                                    threads=1))
     assert 'has finished its 2 epochs' in capsys.readouterr().out
+
+
+def test_cifar10_queue_runs_each_spec_in_order_and_goes_on_after_a_failure(tmp_path, monkeypatch, capsys):
+    """benchmarks/cifar10.py queue: the runs one after another, each launched (or resumed) as `run` would; a failed
+    run is counted and the next one still starts; a spec that is not ARM:MODEL:SEED:EPOCHS is refused up front."""
+    import subprocess
+    import pytest
+    import cifar10
+    launched = []
+
+    def fake_run(cmd, **kwargs):
+        launched.append(cmd[cmd.index('--experiment') + 1])
+        return subprocess.CompletedProcess(cmd, 1 if len(launched) == 1 else 0)
+    monkeypatch.setattr(subprocess, 'run', fake_run)
+    with pytest.raises(SystemExit) as e:
+        cifar10.main(['--runs-dir', str(tmp_path), 'queue', 'baseline:cifar_resnet20:0:2',
+                      'stpp_scale075:cifar_resnet20_stim:1:2'])
+    assert e.value.code == 1  # one run failed
+    assert launched == ['cifar_resnet20-baseline-s0-e2', 'cifar_resnet20_stim-stpp_scale075-s1-e2']
+    assert 'end (exit code 1)' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cifar10.main(['--runs-dir', str(tmp_path), 'queue', 'baseline:cifar_resnet20:zero:2'])
+    assert e.value.code == 2 and 'want ARM:MODEL:SEED:EPOCHS' in capsys.readouterr().err
