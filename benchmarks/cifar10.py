@@ -223,10 +223,18 @@ def _summary(run_dir: Path) -> List[Dict[str, str]]:
 
 
 def status(args) -> None:
+    """Each run: epochs done and last top-1; an unfinished one also its log's age and its last ETA line."""
     for d in sorted(_runs_dir(args).glob('*')):
         rows = _summary(d)
         last = rows[-1] if rows else {}
-        print(f'{d.name:45s} epochs done {len(rows):3d}  top1 {last.get("eval_top1", "-")}')
+        line = f'{d.name:45s} epochs done {len(rows):3d}  top1 {last.get("eval_top1", "-")}'
+        log = d / 'train.log'
+        if (d / 'args.yaml').exists() and len(rows) < int(_args(d)['epochs']) and log.exists():
+            eta = [x for x in log.read_text(errors='replace').splitlines() if 'ETA' in x]
+            age = (time.time() - log.stat().st_mtime) / 60
+            line += (f'  log written {age:.0f} min ago' + (f', {eta[-1].split("ETA:")[-1].strip()}'
+                                                           if eta and 'ETA:' in eta[-1] else ''))
+        print(line)
 
 
 def _robustness(run_dir: Path, model: str) -> Optional[Dict[str, Any]]:
