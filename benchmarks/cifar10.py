@@ -351,12 +351,13 @@ def plot(runs: List[Dict[str, Any]]) -> None:
     rows = (len(models) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.5 * rows), squeeze=False)
     for ax, model in zip(axes.flat, models):
-        for i, (label, items) in enumerate(_groups(runs, model).items()):
+        groups = _groups(runs, model)
+        for i, (label, items) in enumerate(groups.items()):
             for j, r in enumerate(items):
                 ax.plot(range(1, len(r['curve_top1']) + 1), r['curve_top1'], color=f'C{i % 10}', lw=1,
                         label=label if j == 0 else None)
-        lowest = min((min(r['curve_top1']) for r in runs if r['curve_top1']
-                      and r['model'].replace('_stim', '') == model), default=40)
+        lowest = min((min(r['curve_top1']) for items in groups.values() for r in items if r['curve_top1']),
+                     default=40)
         # a fall below 40 % (an unstable start, cards.setbacks) stays in view
         ax.set(xlabel='epoch', ylabel='top-1 (%)', title=f'{model} (one line per seed)',
                ylim=(max(0, min(40, lowest - 5)), 100))

@@ -457,6 +457,11 @@ def _versus(st: Dict[str, Any], ref: Dict[str, Any]) -> str:
     return text
 
 
+def _baseline_at(stats: Dict[tuple, Dict[str, Any]], epochs: int) -> Optional[Dict[str, Any]]:
+    """The baseline arm's stats at `epochs` (`_stats_by_schedule` keys), None when it has not finished."""
+    return next((stats[(a, epochs)] for a in BASELINE_ARMS if (a, epochs) in stats), None)
+
+
 def comparisons(stats: Dict[tuple, Dict[str, Any]], costs: Dict[str, float]) -> List[str]:
     """The chosen ST++ arm of HEADLINE_RUNS (`stats`: its architecture's `_stats_by_schedule`) against what a user
     would train instead: the baseline at equal epochs, the arms given equal wall-clock (the baseline epochs that take
@@ -466,7 +471,7 @@ def comparisons(stats: Dict[tuple, Dict[str, Any]], costs: Dict[str, float]) -> 
     st = stats.get((chosen, ep))
     if st is None:
         return [f'`{chosen}` at {ep} epochs: not finished yet.']
-    base = next((stats[(a, ep)] for a in BASELINE_ARMS if (a, ep) in stats), None)
+    base = _baseline_at(stats, ep)
     what = f'{st["description"]}; ' if st.get('description') else ''
     lines = [f'equal epochs ({ep}): `{chosen}` ({what}the ST++ recipe chosen in stage 1) minus the baseline: '
              + (_versus(st, base) if base else 'no baseline yet')]
@@ -483,7 +488,7 @@ def comparisons(stats: Dict[tuple, Dict[str, Any]], costs: Dict[str, float]) -> 
         for (arm, e), s in tuned.items()) or 'not finished yet'))
     longer = HEADLINE_RUNS['long']
     st_long = stats.get((chosen, longer))
-    base_long = next((stats[(a, longer)] for a in BASELINE_ARMS if (a, longer) in stats), None)
+    base_long = _baseline_at(stats, longer)
     lines.append(f'equal epochs, longer ({longer}; where the crossover lies): ' + (
         f'`{chosen}` minus the baseline: {_versus(st_long, base_long)}' if st_long and base_long
         else 'not finished yet'))
@@ -519,7 +524,7 @@ def _arm_rows(stats: Dict[tuple, Dict[str, Any]], last: Callable[[str, Dict[str,
     same epochs, sub-network mean and its difference; `last(arm, st)` fills the final column, `first` leads."""
     rows = []
     for (arm, ep), st in stats.items():
-        base = next((stats[(a, ep)] for a in BASELINE_ARMS if (a, ep) in stats), None)
+        base = _baseline_at(stats, ep)
         what = f' ({st["description"]})' if st.get('description') else ''
         diff = f'{st["mean"] - base["mean"]:+.2f}' if base and base is not st else '-'
         sub_diff = (f'{st["sub_mean"] - base["sub_mean"]:+.1f}' if base and base is not st and st['sub_mean']
