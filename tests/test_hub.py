@@ -189,6 +189,22 @@ def test_a_baseline_is_never_the_default_tag_of_a_stim_name(run_dir, tmp_path, c
     assert not any(wdir.iterdir())
 
 
+def test_release_over_the_wheel_budget_is_refused_before_evaluating_or_goes_out_of_wheel(run_dir, tmp_path,
+                                                                                         capsys, monkeypatch):
+    from timm_stim.models import weights as W
+    from timm_stim.release import main
+    monkeypatch.setattr(W, 'WHEEL_BUDGET_MB', 0.5)  # the 1.1 MB ResNet-20 no longer fits the wheel
+    monkeypatch.setattr(W, 'GIT_PART_MB', 0.4)
+    wdir = tmp_path / 'weights'
+    wdir.mkdir()
+    with pytest.raises(SystemExit):
+        main([str(run_dir)] + RELEASE + ['--weights-dir', str(wdir), '--data-dir', str(tmp_path / 'no-data')])
+    assert 'over the 0.5 MB budget' in capsys.readouterr().err and not any(wdir.iterdir())  # before reading data
+    entry = main([str(run_dir)] + RELEASE + ['--weights-dir', str(wdir), '--out-of-wheel', '--robustness', 'none'])
+    assert entry.file == 'hub/cifar_resnet20_stim.unit_cifar10.safetensors'
+    assert len(W.part_files(wdir / entry.file)) == 3 and W.read_manifest(wdir) == [entry]
+
+
 def test_add_weights_takes_train_checkpoint(run_dir, tmp_path):
     from timm_stim.models import weights as W
     entry = W.add_weights(run_dir / 'last.pth.tar', 'cifar_resnet20_stim', 'ema', 10, tmp_path, use_ema=True)
@@ -419,11 +435,11 @@ def test_zoo_card_lists_released_tags(released):
 def test_wheel_budget_and_where_large_files_live():
     """Weights in the wheel fit it; a file above the per-file limit lives in weights/hub/, out of the wheel, in git
     as parts of at most GIT_PART_MB (under GitHub's 100 MB) that join into exactly the released file."""
-    from timm_stim.models.weights import GIT_PART_MB, WHEEL_MAX_MB, part_files, read_manifest
+    from timm_stim.models.weights import GIT_PART_MB, WHEEL_BUDGET_MB, WHEEL_MAX_MB, part_files, read_manifest
     entries = read_manifest(REPO / 'weights')
     shipped = [e for e in entries if not e.file.startswith('hub/')]
     assert all(e.size <= WHEEL_MAX_MB * 2 ** 20 for e in shipped)
-    assert sum(e.size for e in shipped) <= 80 * 2 ** 20  # leaves room under PyPI's 100 MB for the code
+    assert WHEEL_BUDGET_MB <= 80 and sum(e.size for e in shipped) <= WHEEL_BUDGET_MB * 2 ** 20  # room for the code
     for e in entries:
         if e.file.startswith('hub/'):
             parts = part_files(REPO / 'weights' / e.file)

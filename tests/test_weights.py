@@ -166,6 +166,40 @@ def test_large_weights_are_committed_as_parts_that_a_clone_joins(tmp_path, monke
     assert out.returncode == 0 and 'OK True' in out.stdout, out.stderr[-2000:]
 
 
+def test_wheel_budget_refuses_and_out_of_wheel_tags_move_both_ways(tmp_path, monkeypatch):
+    """The wheel's weights stay within WHEEL_BUDGET_MB: one more in-wheel file is refused before anything is
+    written, naming the way out; `out_of_wheel` stores a small tag under hub/ (with parts); `move_weights` moves a
+    stored tag either side with its bytes and sha256 unchanged; a re-release on the other side leaves no stale
+    copy."""
+    monkeypatch.setattr(W, 'WHEEL_BUDGET_MB', 1.5)  # room for one 1.1 MB ResNet-20 file
+    monkeypatch.setattr(W, 'GIT_PART_MB', 0.4)
+    d, src = tmp_path / 'weights', tmp_path / 'trained.safetensors'
+    _checkpoint(src)
+    first = W.add_weights(src, MODEL, 'first', num_classes=10, directory=d)
+    before = (d / W.MANIFEST_NAME).read_bytes()
+    with pytest.raises(ValueError, match=r'over the 1.5 MB budget.*out_of_wheel=True.*move_weights'):
+        W.add_weights(src, MODEL, 'second', num_classes=10, directory=d)
+    assert (d / W.MANIFEST_NAME).read_bytes() == before and not (d / f'{MODEL}.second.safetensors').exists()
+    second = W.add_weights(src, MODEL, 'second', num_classes=10, directory=d, out_of_wheel=True)
+    assert second.file == f'hub/{MODEL}.second.safetensors' and len(W.part_files(d / second.file)) == 3
+    replaced = W.add_weights(src, MODEL, 'first', num_classes=10, directory=d)  # replacing it fits the budget
+    assert replaced.file == first.file and replaced.sha256 == first.sha256  # same weights, same bytes
+    with pytest.raises(ValueError, match='over the 1.5 MB budget'):
+        W.move_weights(second.name, out_of_wheel=False, directory=d)
+    moved = W.move_weights(first.name, directory=d)
+    assert moved.file == f'hub/{MODEL}.first.safetensors' and moved.sha256 == first.sha256
+    assert not (d / first.file).exists() and W.find_entry(MODEL, 'first', d).file == moved.file
+    (d / second.file).unlink()  # as in a clone: only the parts; moving back joins and checks them
+    back = W.move_weights(second.name, out_of_wheel=False, directory=d)
+    assert back.file == f'{MODEL}.second.safetensors' and W.sha256_file(d / back.file) == second.sha256
+    assert not list((d / 'hub').glob(f'{MODEL}.second.*'))
+    assert [e.tag for e in W.read_manifest(d)] == ['first', 'second']  # order (the default tag) unchanged
+    again = W.add_weights(src, MODEL, 'second', num_classes=10, directory=d, out_of_wheel=True)
+    assert again.file.startswith('hub/') and not (d / back.file).exists()
+    with pytest.raises(ValueError, match='no weights'):
+        W.move_weights(f'{MODEL}.nope', directory=d)
+
+
 def test_missing_local_and_hub_offline_is_clear(wdir, monkeypatch, tmp_path):
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from huggingface_hub import EvalResult, ModelCardData
 
 from .measured import measured_blocks
-from .models.weights import GIT_PART_MB, WHEEL_MAX_MB, WeightsEntry, read_manifest
+from .models.weights import GIT_PART_MB, WHEEL_BUDGET_MB, WHEEL_MAX_MB, WeightsEntry, read_manifest
 
 __all__ = ['model_card', 'zoo_card', 'load_results', 'arm_stats', 'write_zoo_card', 'card_data']
 
@@ -389,12 +389,14 @@ model = timm.create_model('<model>.<tag>', pretrained=True, num_classes=100)   #
 
 ## Where the weights live
 - A stored file of at most {WHEEL_MAX_MB} MB is `weights/<model>.<tag>.safetensors`: committed, shipped inside the
-  wheel (PyPI limit 100 MB) and also pushed to the Hub.
-- A larger one is `weights/hub/<model>.<tag>.safetensors`, kept out of the wheel. Git holds it as byte parts of at
-  most {GIT_PART_MB} MB (`<file>.part1of2`, ...; GitHub refuses files over 100 MB), which a clone joins on first use;
-  an installed wheel fetches it from the Hub at the revision pinned in the manifest (`hf_hub_id` =
-  `org/name@<commit>`). Its sha256 is checked like any local file's. Large files are stored in float16 only when
-  float16 gives the same top-1.
+  wheel (PyPI limit 100 MB) and also pushed to the Hub. All of them together stay within {WHEEL_BUDGET_MB} MB: one
+  more is refused by the release command, which names the way out.
+- A larger one, and any tag released with `--out-of-wheel` (the baselines of timm's architectures, so that the
+  wheel keeps the default tags), is `weights/hub/<model>.<tag>.safetensors`, kept out of the wheel. Git holds it as
+  byte parts of at most {GIT_PART_MB} MB (`<file>.part1of2`, ...; GitHub refuses files over 100 MB), which a clone
+  joins on first use; an installed wheel fetches it from the Hub at the revision pinned in the manifest
+  (`hf_hub_id` = `org/name@<commit>`). Its sha256 is checked like any local file's. Large files are stored in
+  float16 only when float16 gives the same top-1.
 - A clone serves every tag offline; `HF_HUB_OFFLINE=1` makes a missing file fail at once.
 
 ## Limitations

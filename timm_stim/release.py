@@ -17,6 +17,8 @@ What a maintainer would do, in order, stopping with one clear line (and writing 
    on training-augmented images at the training size (as the run re-estimated it), or take the sweep that
    `timm-stim-validate --results-file` already measured on this checkpoint (`--robustness-from`, checked);
 5. store float16 only for a file above the wheel limit and only when float16 gives the same top-1;
+   a file that would push the wheel's weights over their budget is refused at step 2 (before the evaluation);
+   `--out-of-wheel` stores it under `weights/hub/` whatever its size (for non-default tags);
 6. write the weights and the manifest entry (sha256, size, dataset, input size, recipe from `args.yaml`, the
    training command, commit, measured numbers).
 """
@@ -40,8 +42,8 @@ from timm import utils
 from .data import run_data_configs
 from .depth import valid_depths
 from .models import CIFAR_ARCHS, STIM_BASES
-from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, load_checkpoint_state_dict,
-                             read_manifest, weights_dir, write_weights)
+from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, check_wheel_budget,
+                             load_checkpoint_state_dict, read_manifest, weights_dir, write_weights)
 from .train import _non_negative_int, _positive_int, build_parser as train_parser
 from .loaders import create_split_loader
 from .validate import _sweep_configs, evaluate_depths
@@ -92,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--default', action='store_true',
                    help="make this tag the model's default (first of its model in the manifest); otherwise a new "
                         "tag goes after the model's others and a replaced one keeps its place")
+    p.add_argument('--out-of-wheel', action='store_true',
+                   help='store under weights/hub/ (out of the wheel, in git as parts, on the Hub) whatever the size; '
+                        'for non-default tags such as the baselines of timm architectures')
     p.add_argument('--dataset-name', default=None, help='dataset id for the card (default: from the data folder)')
     p.add_argument('--weights-dir', default=None, metavar='DIR', help='default: $TIMM_STIM_WEIGHTS_DIR or weights/')
     p.add_argument('-b', '--batch-size', type=_positive_int, default=256)
@@ -344,6 +349,9 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     try:
         state_dict = load_checkpoint_state_dict(ckpt, use_ema=weights == 'ema')
         model = build_checked_model(model_name, state_dict, num_classes, in_chans, source=str(ckpt))
+        nbytes = sum(v.numel() * v.element_size() for v in state_dict.values())
+        if not opts.out_of_wheel and nbytes <= WHEEL_MAX_MB * 2 ** 20:
+            check_wheel_budget(read_manifest(opts.weights_dir or weights_dir()), f'{model_name}.{opts.tag}', nbytes)
     except (ValueError, FileNotFoundError) as e:
         raise ReleaseError(str(e)) from e
     device = torch.device(opts.device)
@@ -391,7 +399,8 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
                            else {})),
         release_command=' '.join(['timm-stim-release'] + list(argv)))
     return write_weights(stored, model_name, opts.tag, num_classes, opts.weights_dir or weights_dir(),
-                         in_chans=in_chans, checked=True, default=opts.default, **info)
+                         in_chans=in_chans, checked=True, default=opts.default, out_of_wheel=opts.out_of_wheel,
+                         **info)
 
 
 def _dataset_name(data_args: argparse.Namespace) -> str:

@@ -21,8 +21,10 @@ The weights directory is, in order: `$TIMM_STIM_WEIGHTS_DIR`, the installed pack
 the source checkout's `weights/`.
 
 Where weights live (a PyPI wheel may be at most 100 MB, a file on GitHub 100 MB): a stored file of at most
-`WHEEL_MAX_MB` (25 MB) is `weights/<model>.<tag>.safetensors`, committed and shipped inside the wheel; a larger one
-is `weights/hub/<model>.<tag>.safetensors`, kept out of the wheel (package data is top-level `*.safetensors`
+`WHEEL_MAX_MB` (25 MB) is `weights/<model>.<tag>.safetensors`, committed and shipped inside the wheel, as long as
+all such files stay within `WHEEL_BUDGET_MB` (80 MB; writing one more is refused, naming the way out); a larger
+one, or any tag stored with `out_of_wheel` (the baselines of timm's architectures: `move_weights`), is
+`weights/hub/<model>.<tag>.safetensors`, kept out of the wheel (package data is top-level `*.safetensors`
 only) and out of git (`weights/.gitignore`), and committed instead as byte parts of at most `GIT_PART_MB`
 (`<file>.part1of2`, ...; `split_parts`). A clone joins the parts on first use (`join_parts`); an installed wheel
 fetches the file from the Hub at the pinned revision of `hf_hub_id` (`org/name@<commit>`). Either way its sha256
@@ -53,13 +55,14 @@ __all__ = [
     'sha256_file', 'verify_file', 'resolve_file', 'resolve_pretrained_cfg', 'add_weights', 'pretrained_tag_cfgs',
     'tagged_default_cfgs', 'write_weights', 'load_checkpoint_state_dict', 'build_checked_model', 'known_models',
     'write_manifest', 'place_entry', 'WHEEL_MAX_MB', 'GIT_PART_MB', 'hub_offline', 'entry_cfg', 'part_files',
-    'split_parts', 'join_parts',
+    'split_parts', 'join_parts', 'WHEEL_BUDGET_MB', 'check_wheel_budget', 'move_weights',
 ]
 
 HUB_ORG = 'timm-stim'
 ENV_WEIGHTS_DIR = 'TIMM_STIM_WEIGHTS_DIR'
 MANIFEST_NAME = 'manifest.json'
 WHEEL_MAX_MB = 25  # larger stored files live in weights/hub/: out of the wheel, in git as parts, on the Hub
+WHEEL_BUDGET_MB = 80  # all weights inside the wheel together: room under PyPI's 100 MB for the code
 GIT_PART_MB = 90  # the largest committed part of a weights/hub/ file (GitHub refuses files over 100 MB)
 _CFG_OVERRIDES = ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'license', 'hf_hub_filename',
                   'label_names')
@@ -509,6 +512,32 @@ def write_manifest(entries: List[WeightsEntry], directory: Optional[PathLike] = 
     return path
 
 
+def _in_wheel(file: str) -> bool:
+    return not file.startswith('hub/')
+
+
+def check_wheel_budget(entries: Collection[WeightsEntry], name: str, nbytes: int) -> None:
+    """Refuse (ValueError, before anything is written) to put `nbytes` more inside the wheel for the tag `name`
+    when the wheel's weights would then exceed `WHEEL_BUDGET_MB`; a replaced namesake's file does not count."""
+    others = sum(e.size or 0 for e in entries if _in_wheel(e.file) and e.name != name)
+    if others + nbytes > WHEEL_BUDGET_MB * 2 ** 20:
+        raise ValueError(
+            f'{name}: the weights inside the wheel would total {(others + nbytes) / 2 ** 20:.1f} MB, over the '
+            f'{WHEEL_BUDGET_MB} MB budget that keeps the wheel under PyPI\'s 100 MB. Store it out of the wheel '
+            f'(timm-stim-release --out-of-wheel, write_weights(out_of_wheel=True)), or move a non-default tag out '
+            f'(timm_stim.models.weights.move_weights(\'<model>.<tag>\')). Nothing was written.')
+
+
+def _stored_name(model: str, tag: str, out_of_wheel: bool) -> str:
+    return ('hub/' if out_of_wheel else '') + f'{model}.{tag}.safetensors'
+
+
+def _remove_stored(directory: Path, file: str) -> None:
+    path = directory / file
+    for old in [path] + _part_glob(path):
+        old.unlink(missing_ok=True)
+
+
 def write_weights(
         state_dict: Mapping[str, torch.Tensor],
         model: str,
@@ -518,12 +547,13 @@ def write_weights(
         in_chans: int = 3,
         checked: bool = False,
         default: bool = False,
+        out_of_wheel: bool = False,
         **info: Any,
 ) -> WeightsEntry:
-    """Store `state_dict` as `<model>.<tag>.safetensors` (under `hub/` when larger than `WHEEL_MAX_MB`) and add or
-    replace its manifest entry: a new tag goes after the model's others, a replaced one keeps its place, and with
-    `default` it goes first (the model's default tag, as in timm). All checks run first: on any error nothing is
-    written."""
+    """Store `state_dict` as `<model>.<tag>.safetensors` (under `hub/` when larger than `WHEEL_MAX_MB` or with
+    `out_of_wheel`) and add or replace its manifest entry: a new tag goes after the model's others, a replaced one
+    keeps its place, and with `default` it goes first (the model's default tag, as in timm). All checks run first
+    (the architecture, the wheel budget): on any error nothing is written."""
     from safetensors.torch import save_file
     if not checked:
         build_checked_model(model, state_dict, num_classes, in_chans)
@@ -531,23 +561,62 @@ def write_weights(
     entries = read_manifest(directory)  # strict: never drop entries
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     nbytes = sum(v.numel() * v.element_size() for v in tensors.values())
-    name = ('hub/' if nbytes > WHEEL_MAX_MB * 2 ** 20 else '') + f'{model}.{tag}.safetensors'
+    name = _stored_name(model, tag, out_of_wheel or nbytes > WHEEL_MAX_MB * 2 ** 20)
+    if _in_wheel(name):
+        check_wheel_budget(entries, f'{model}.{tag}', nbytes)
     dst = directory / name
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + '.tmp')
     try:
-        save_file(tensors, str(tmp), metadata={'model': model, 'tag': tag})
+        # one metadata key: safetensors writes a metadata map in random order, and the same weights must give
+        # the same sha256 (a re-release of unchanged weights changes nothing)
+        save_file(tensors, str(tmp), metadata={'format': 'pt'})
         dtypes = {str(v.dtype).replace('torch.', '') for v in tensors.values() if v.is_floating_point()}
         entry = WeightsEntry(model=model, tag=tag, file=name, sha256=sha256_file(tmp), size=tmp.stat().st_size,
                              num_classes=int(num_classes), storage_dtype='/'.join(sorted(dtypes)) or 'float32',
                              **info)
         os.replace(tmp, dst)
-        if name.startswith('hub/'):
+        if not _in_wheel(name):
             split_parts(dst)  # what git holds of it
     finally:
         tmp.unlink(missing_ok=True)
     write_manifest(place_entry(entries, entry, default), directory)
+    for old in entries:  # a re-release stored on the other side of the wheel leaves no stale copy behind
+        if old.name == entry.name and old.file != name:
+            _remove_stored(directory, old.file)
     return entry
+
+
+def move_weights(name: str, out_of_wheel: bool = True, directory: Optional[PathLike] = None) -> WeightsEntry:
+    """Move the stored file of the tag `name` (`<model>.<tag>`) out of the wheel into `hub/` (with its git parts),
+    or back into the wheel (within `WHEEL_MAX_MB` and `WHEEL_BUDGET_MB`); only its manifest `file` changes, its
+    bytes and sha256 stay. The file is checked against its sha256 first."""
+    directory = _dir(directory)
+    entries = read_manifest(directory)
+    entry = next((e for e in entries if e.name == name), None)
+    if entry is None:
+        raise ValueError(f'no weights {name!r} in {directory / MANIFEST_NAME}; known: {[e.name for e in entries]}')
+    src = directory / entry.file
+    if not src.is_file() and part_files(src):
+        join_parts(src)
+    verify_file(src, entry)
+    target = _stored_name(entry.model, entry.tag, out_of_wheel)
+    if target == entry.file:
+        return entry
+    if not out_of_wheel:
+        if (entry.size or 0) > WHEEL_MAX_MB * 2 ** 20:
+            raise ValueError(f'{name}: {entry.size / 2 ** 20:.1f} MB is over the {WHEEL_MAX_MB} MB per-file limit '
+                             'of the wheel; it stays in hub/.')
+        check_wheel_budget(entries, name, entry.size or 0)
+    dst = directory / target
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    if out_of_wheel:
+        split_parts(dst)
+    moved = dataclasses.replace(entry, file=target)
+    write_manifest(place_entry(entries, moved), directory)
+    _remove_stored(directory, entry.file)
+    return moved
 
 
 def place_entry(entries: List[WeightsEntry], entry: WeightsEntry, default: bool = False) -> List[WeightsEntry]:
@@ -569,6 +638,7 @@ def add_weights(
         num_classes: int,
         directory: Optional[PathLike] = None,
         use_ema: bool = False,
+        out_of_wheel: bool = False,
         **info: Any,
 ) -> WeightsEntry:
     """Add (or replace) the manifest entry of a trained checkpoint, storing it in the weights directory.
@@ -581,4 +651,6 @@ def add_weights(
     state_dict = load_checkpoint_state_dict(path, use_ema)
     build_checked_model(model, state_dict, num_classes, source=str(path))
     info.setdefault('source', f'{path}' + (' (state_dict_ema)' if use_ema else ''))
-    return write_weights(state_dict, model, tag, num_classes, directory, checked=True, **info)
+    return write_weights(state_dict, model, tag, num_classes, directory, checked=True, out_of_wheel=out_of_wheel,
+                         **info)
+
