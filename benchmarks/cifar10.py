@@ -14,7 +14,8 @@ run checkpoints each epoch and every 100 steps, so `run` on an existing director
 `collect` reads each run's summary.csv / args.yaml and, for finished runs, the robustness sweep written by
 `timm-stim-validate --robustness auto` (BN re-estimated per configuration; every configuration up to 64 of them,
 else the full network and the same seeded 20 for every run of that architecture), run once per finished run at
-the data config the run recorded (timm's architectures: 32x32, CIFAR mean / std).
+the data config the run recorded (timm's architectures: 32x32, CIFAR mean / std). `run` makes that sweep itself
+when its run ends, in the same slot; `collect` makes any that is missing.
 """
 from __future__ import annotations
 
@@ -161,13 +162,16 @@ def _restore(run_dir: Path) -> None:
 
 
 def run(args) -> int:
-    """Launch the run, or resume it from its newest checkpoint; blocks until it ends (use nohup / & for more) and
-    returns the training process's exit code."""
+    """Launch the run, or resume it from its newest checkpoint, then sweep its depth configurations in the same slot
+    (`sweep`, what `collect` reads); blocks until both end (use nohup / & for more) and returns the first non-zero
+    exit code. A finished run is only swept, if it has not been."""
     run_dir = _runs_dir(args) / _name(args.model, args.arm, args.seed, args.epochs)
     _restore(run_dir)
     if len(_summary(run_dir)) >= args.epochs:
-        print(f'{run_dir.name} has finished its {args.epochs} epochs: nothing to run (`collect` sweeps it)')
-        return 0
+        swept = (run_dir / SWEEP).exists()
+        print(f'{run_dir.name} has finished its {args.epochs} epochs: ' +
+              ('nothing to run' if swept else 'sweeping its depth configurations'), flush=True)
+        return 0 if swept else sweep(run_dir, args.model, args.threads)
     cmd = train_command(args.model, args.arm, args.seed, args.epochs, run_dir)
     if (run_dir / 'last.pth.tar').exists() or list(run_dir.glob('recovery-*.pth.tar')):
         if '--initial-checkpoint' in cmd:  # a resumed fine-tune restores its weights from the run directory
@@ -180,7 +184,24 @@ def run(args) -> int:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
     exe = [sys.executable, '-m', 'timm_stim.train'] + cmd[1:]
     with open(run_dir / 'train.log', 'a') as log:
-        return subprocess.run(exe, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(exe, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc == 0 and len(_summary(run_dir)) >= args.epochs:
+        return sweep(run_dir, args.model, args.threads)
+    return rc
+
+
+SWEEP = 'robustness.json'
+
+
+def sweep(run_dir: Path, model: str, threads: Optional[int] = None) -> int:
+    """Top-1 of the run's depth configurations with BN re-estimated (`timm-stim-validate --robustness auto`) into
+    `run_dir/robustness.json` (log: `sweep.log`); returns the exit code."""
+    cmd = [sys.executable, '-m', 'timm_stim.validate', '--data-dir', str(DATA), '--model', model,
+           '--checkpoint', str(run_dir / 'last.pth.tar'), '--robustness', 'auto', '--results-file',
+           str(run_dir / SWEEP)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **({'OMP_NUM_THREADS': str(threads)} if threads else {}))
+    with open(run_dir / 'sweep.log', 'a') as log:
+        return subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
 def parse_spec(spec: str) -> argparse.Namespace:
@@ -238,12 +259,9 @@ def status(args) -> None:
 
 
 def _robustness(run_dir: Path, model: str) -> Optional[Dict[str, Any]]:
-    out = run_dir / 'robustness.json'
-    if not out.exists():
-        cmd = [sys.executable, '-m', 'timm_stim.validate', '--data-dir', str(DATA), '--model', model,
-               '--checkpoint', str(run_dir / 'last.pth.tar'), '--robustness', 'auto', '--results-file', str(out)]
-        subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                       stdout=subprocess.DEVNULL)
+    out = run_dir / SWEEP
+    if not out.exists() and sweep(run_dir, model) != 0:
+        raise RuntimeError(f'the sweep of {run_dir.name} failed: see {run_dir / "sweep.log"}')
     res = json.loads(out.read_text())['results']
     subs = [r['top1'] for r in res if not r['full']]
     return dict(configs=[{k: r[k] for k in ('depths', 'top1', 'flops', 'flops_share')} for r in res],

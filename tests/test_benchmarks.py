@@ -49,19 +49,34 @@ def test_resnet20_robustness_panels_split_stage1_from_what_a_user_would_train_in
                              'ft_stpp_scale075 e5', 'stpp_scale075 e100']
 
 
-def test_cifar10_run_of_a_finished_run_launches_nothing(tmp_path, monkeypatch, capsys):
-    """benchmarks/cifar10.py run on a run that has all its epochs (a queue that lists it again) says so and starts no
-    training process."""
+def test_cifar10_run_sweeps_a_finished_run_once_and_then_launches_nothing(tmp_path, monkeypatch, capsys):
+    """benchmarks/cifar10.py run: a run that ends its epochs is swept in the same slot (robustness.json, what collect
+    reads); on a finished run (a queue that lists it again) it only sweeps, if it has not, and never trains."""
     import argparse
     import subprocess
     import cifar10
     run_dir = tmp_path / 'cifar10' / cifar10._name('cifar_resnet20', 'baseline', 0, 2)
-    run_dir.mkdir(parents=True)
-    (run_dir / 'summary.csv').write_text('epoch,eval_top1\n0,50.0\n1,60.0\n')
-    monkeypatch.setattr(subprocess, 'run', lambda *a, **k: (_ for _ in ()).throw(AssertionError('launched')))
-    cifar10.run(argparse.Namespace(runs_dir=str(tmp_path), model='cifar_resnet20', arm='baseline', seed=0, epochs=2,
-                                   threads=1))
-    assert 'has finished its 2 epochs' in capsys.readouterr().out
+    launched = []
+
+    def fake_run(cmd, **kwargs):
+        launched.append(cmd[2])  # the module: timm_stim.train or timm_stim.validate
+        if cmd[2] == 'timm_stim.train':
+            (run_dir / 'summary.csv').write_text('epoch,eval_top1\n0,50.0\n1,60.0\n')
+        else:
+            assert kwargs['env']['OMP_NUM_THREADS'] == '1' and cmd[cmd.index('--results-file') + 1] == str(
+                run_dir / 'robustness.json')
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(subprocess, 'run', fake_run)
+    args = argparse.Namespace(runs_dir=str(tmp_path), model='cifar_resnet20', arm='baseline', seed=0, epochs=2,
+                              threads=1)
+    assert cifar10.run(args) == 0 and launched == ['timm_stim.train', 'timm_stim.validate']
+    launched.clear()
+    assert cifar10.run(args) == 0 and launched == ['timm_stim.validate']  # the sweep did not write its file
+    assert 'has finished its 2 epochs: sweeping' in capsys.readouterr().out
+    (run_dir / 'robustness.json').write_text('{}')
+    launched.clear()
+    assert cifar10.run(args) == 0 and launched == []
+    assert 'has finished its 2 epochs: nothing to run' in capsys.readouterr().out
 
 
 def test_cifar10_queue_runs_each_spec_in_order_and_goes_on_after_a_failure(tmp_path, monkeypatch, capsys):

@@ -304,17 +304,23 @@ def _run(args, argv) -> Dict[str, Any]:
     if args.robustness:
         out_json = args.results_file or f'robustness-{args.model}.json'
         os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
-        with open(out_json, 'w') as f:
-            json.dump(result, f, indent=2)
+        _write_json(out_json, result)
         png = plot_robustness(rows, os.path.splitext(out_json)[0] + '.png',
                               f'{args.model}: depth robustness (BN re-est. {bn_images} imgs)')
         result['json'], result['png'] = out_json, png
         _logger.info(f'Wrote {out_json}' + (f' and {png}' if png else ''))
     elif args.results_file:
-        with open(args.results_file, 'w') as f:
-            json.dump(result, f, indent=2)
+        _write_json(args.results_file, result)
     print(f'--result\n{json.dumps(rows if args.robustness else rows[0], indent=2)}')
     return result
+
+
+def _write_json(path: str, obj: Dict[str, Any]) -> None:
+    """Whole or not at all (a temporary file renamed over `path`): a killed sweep leaves no half-written results."""
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
 
 
 def cli() -> None:
