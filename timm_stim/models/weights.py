@@ -653,4 +653,3 @@ def add_weights(
     info.setdefault('source', f'{path}' + (' (state_dict_ema)' if use_ema else ''))
     return write_weights(state_dict, model, tag, num_classes, directory, checked=True, out_of_wheel=out_of_wheel,
                          **info)
-
