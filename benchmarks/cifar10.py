@@ -244,13 +244,16 @@ def _summary(run_dir: Path) -> List[Dict[str, str]]:
 
 
 def status(args) -> None:
-    """Each run: epochs done and last top-1; an unfinished one also its log's age and its last ETA line."""
+    """Each run: epochs done and last top-1; a finished one whether it has been swept, an unfinished one its log's age
+    and its last ETA line."""
     for d in sorted(_runs_dir(args).glob('*')):
         rows = _summary(d)
         last = rows[-1] if rows else {}
         line = f'{d.name:45s} epochs done {len(rows):3d}  top1 {last.get("eval_top1", "-")}'
         log = d / 'train.log'
-        if (d / 'args.yaml').exists() and len(rows) < int(_args(d)['epochs']) and log.exists():
+        if (d / 'args.yaml').exists() and len(rows) >= int(_args(d)['epochs']):
+            line += '  swept' if (d / SWEEP).exists() else '  not swept yet (run or collect sweeps it)'
+        elif (d / 'args.yaml').exists() and log.exists():
             eta = [x for x in log.read_text(errors='replace').splitlines() if 'ETA' in x]
             age = (time.time() - log.stat().st_mtime) / 60
             line += (f'  log written {age:.0f} min ago' + (f', {eta[-1].split("ETA:")[-1].strip()}'
