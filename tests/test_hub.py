@@ -397,6 +397,9 @@ def test_card_front_matter_and_numbers_equal_results_json(released, exported, tm
     assert '`--dataset torch/cifar10 --dataset-download --data-dir DIR`' in text
     assert (exported / 'README.md').read_text().startswith('---\n')  # the exported card is the same generator's
     assert 'claims no gain' in model_card(entry, [])
+    st_only = model_card(entry, [dict(r, results_file='cifar10.json') for r in runs if r['arm'] == 'stpp'])  # no baseline
+    assert '| stpp | 90.77 |' in st_only and 'minus baseline' not in st_only
+    assert 'No baseline of this architecture was trained with this schedule' in st_only
 
 
 def test_model_card_md_and_readme_zoo_are_current():

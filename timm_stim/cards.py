@@ -303,6 +303,9 @@ def comparison(entry: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
         for arm, st in stats.items():
             if arm not in BASELINE_ARMS:
                 text += f'\n{arm} minus baseline: {_versus(st, base)}.'
+    else:
+        text += ('\nNo baseline of this architecture was trained with this schedule, so this card claims no gain '
+                 'over a baseline.')
     text += _setback_block(setbacks(runs, entry.model, entry.dataset, entry.train_args.get('epochs')))
     if _base(entry.model) == HEADLINE_RUNS['model'] and entry.dataset == HEADLINE_RUNS['dataset']:
         stats = _stats_by_schedule(runs, entry.model, entry.dataset)
