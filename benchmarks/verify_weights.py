@@ -76,7 +76,7 @@ def measure(entry: WeightsEntry, where: Dict[str, Any], args: argparse.Namespace
     """Top-1 of `pretrained=True` in a fresh, offline interpreter that imports timm_stim from `where`."""
     data = args.data_dir or DATA.get(entry.dataset)
     local = where['weights'] / entry.file
-    if entry.file.startswith('hub/') and not local.exists() and not _has_parts(local):
+    if not entry.in_wheel and not local.exists() and not _has_parts(local):
         return dict(status='needs the Hub', why=f'{entry.file} is not in this install (fetched from '
                                                 f'{entry.hub_id} at first use; this machine is offline)')
     env = {k: v for k, v in os.environ.items() if k not in ('TIMM_STIM_WEIGHTS_DIR', 'PYTHONPATH')}

@@ -73,7 +73,12 @@ def test_cifar10_run_sweeps_a_finished_run_once_and_then_launches_nothing(tmp_pa
     launched.clear()
     assert cifar10.run(args) == 0 and launched == ['timm_stim.validate']  # the sweep did not write its file
     assert 'has finished its 2 epochs: sweeping' in capsys.readouterr().out
+    (run_dir / 'args.yaml').write_text('epochs: 2\n')
+    cifar10.status(args)
+    assert 'not swept yet' in capsys.readouterr().out
     (run_dir / 'robustness.json').write_text('{}')
+    cifar10.status(args)
+    assert capsys.readouterr().out.rstrip().endswith('  swept')
     launched.clear()
     assert cifar10.run(args) == 0 and launched == []
     assert 'has finished its 2 epochs: nothing to run' in capsys.readouterr().out

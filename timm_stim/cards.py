@@ -353,7 +353,7 @@ def model_card(entry: WeightsEntry, runs: Sequence[Dict[str, Any]] = (), plot: O
 # ------------------------------------------------------------------------------------------------- zoo
 def _zoo_row(e: WeightsEntry) -> str:
     tops = [r['top1'] for r in e.depths]
-    where = 'git (parts) + Hub' if e.file.startswith('hub/') else 'wheel + Hub'
+    where = 'wheel + Hub' if e.in_wheel else 'git (parts) + Hub'
     sub = f'{min(tops):.2f} / {statistics.fmean(tops):.2f}' if tops else '-'
     return (f'| `{e.name}` | {_DATASETS.get(e.dataset, e.dataset)} | {_fmt(e.metrics.get("top1"))} | {sub} | '
             f'{_fmt(e.stats.get("params_m"))} | {_fmt(e.stats.get("gmacs"), 3)} | {where} | `{e.hub_id}` |')

@@ -43,7 +43,8 @@ from .data import run_data_configs
 from .depth import valid_depths
 from .models import CIFAR_ARCHS, STIM_BASES
 from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, check_wheel_budget,
-                             load_checkpoint_state_dict, read_manifest, weights_dir, write_weights)
+                             load_checkpoint_state_dict, read_manifest, state_dict_nbytes, weights_dir,
+                             write_weights)
 from .train import _non_negative_int, _positive_int, build_parser as train_parser
 from .loaders import create_split_loader
 from .validate import _sweep_configs, evaluate_depths
@@ -290,7 +291,7 @@ def robustness_from(path: str, ckpt: Path, expected: Dict[str, Any]) -> List[Dic
 def choose_storage(model: nn.Module, state_dict: Dict[str, torch.Tensor], mode: str, top1: float,
                    loader: Iterable, device: torch.device, input_size: Optional[Sequence[int]] = None) -> Dict[str, torch.Tensor]:
     """float32, or float16 when asked (or auto and above the wheel limit) and its top-1 is the same."""
-    nbytes = sum(v.numel() * v.element_size() for v in state_dict.values())
+    nbytes = state_dict_nbytes(state_dict)
     if mode == 'float32' or (mode == 'auto' and nbytes <= WHEEL_MAX_MB * 2 ** 20):
         return state_dict
     half = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
@@ -349,7 +350,7 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     try:
         state_dict = load_checkpoint_state_dict(ckpt, use_ema=weights == 'ema')
         model = build_checked_model(model_name, state_dict, num_classes, in_chans, source=str(ckpt))
-        nbytes = sum(v.numel() * v.element_size() for v in state_dict.values())
+        nbytes = state_dict_nbytes(state_dict)
         if not opts.out_of_wheel and nbytes <= WHEEL_MAX_MB * 2 ** 20:
             check_wheel_budget(read_manifest(opts.weights_dir or weights_dir()), f'{model_name}.{opts.tag}', nbytes)
     except (ValueError, FileNotFoundError) as e:

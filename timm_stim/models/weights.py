@@ -55,7 +55,7 @@ __all__ = [
     'sha256_file', 'verify_file', 'resolve_file', 'resolve_pretrained_cfg', 'add_weights', 'pretrained_tag_cfgs',
     'tagged_default_cfgs', 'write_weights', 'load_checkpoint_state_dict', 'build_checked_model', 'known_models',
     'write_manifest', 'place_entry', 'WHEEL_MAX_MB', 'GIT_PART_MB', 'hub_offline', 'entry_cfg', 'part_files',
-    'split_parts', 'join_parts', 'WHEEL_BUDGET_MB', 'check_wheel_budget', 'move_weights',
+    'split_parts', 'join_parts', 'WHEEL_BUDGET_MB', 'check_wheel_budget', 'move_weights', 'state_dict_nbytes',
 ]
 
 HUB_ORG = 'timm-stim'
@@ -68,6 +68,15 @@ _CFG_OVERRIDES = ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'lic
                   'label_names')
 
 PathLike = Union[str, os.PathLike]
+
+
+def _in_wheel(file: str) -> bool:
+    return not file.startswith('hub/')
+
+
+def state_dict_nbytes(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """Bytes of the tensors of `state_dict`, as stored (what decides wheel or `hub/`)."""
+    return sum(v.numel() * v.element_size() for v in state_dict.values())
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,11 @@ class WeightsEntry:
     @property
     def name(self) -> str:
         return f'{self.model}.{self.tag}'
+
+    @property
+    def in_wheel(self) -> bool:
+        """Shipped inside the wheel (a top-level file), not under `hub/`."""
+        return _in_wheel(self.file)
 
     @property
     def hub_id(self) -> str:
@@ -512,14 +526,10 @@ def write_manifest(entries: List[WeightsEntry], directory: Optional[PathLike] = 
     return path
 
 
-def _in_wheel(file: str) -> bool:
-    return not file.startswith('hub/')
-
-
 def check_wheel_budget(entries: Collection[WeightsEntry], name: str, nbytes: int) -> None:
     """Refuse (ValueError, before anything is written) to put `nbytes` more inside the wheel for the tag `name`
     when the wheel's weights would then exceed `WHEEL_BUDGET_MB`; a replaced namesake's file does not count."""
-    others = sum(e.size or 0 for e in entries if _in_wheel(e.file) and e.name != name)
+    others = sum(e.size or 0 for e in entries if e.in_wheel and e.name != name)
     if others + nbytes > WHEEL_BUDGET_MB * 2 ** 20:
         raise ValueError(
             f'{name}: the weights inside the wheel would total {(others + nbytes) / 2 ** 20:.1f} MB, over the '
@@ -560,7 +570,7 @@ def write_weights(
     directory = _dir(directory)
     entries = read_manifest(directory)  # strict: never drop entries
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    nbytes = sum(v.numel() * v.element_size() for v in tensors.values())
+    nbytes = state_dict_nbytes(tensors)
     name = _stored_name(model, tag, out_of_wheel or nbytes > WHEEL_MAX_MB * 2 ** 20)
     if _in_wheel(name):
         check_wheel_budget(entries, f'{model}.{tag}', nbytes)
