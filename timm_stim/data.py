@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path
+
 __all__ = [
     'CACHE_ENV', 'FASHION_MNIST_DIR', 'ImageTensors', 'TensorLoader', 'default_cache_dir', 'load_image_tensors',
     'subset_indices', 'batch_seed', 'TransformSubset', 'dataset_targets', 'fits_fast_path', 'fit_channels',
@@ -177,9 +179,8 @@ def _load_folder(root: str, split: str, subset: Optional[int], cache_dir: Option
     state = {'images': torch.stack(images), 'targets': torch.tensor(targets, dtype=torch.int64),
              'classes': classes}
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f'.tmp{os.getpid()}')
-    torch.save(state, tmp)
-    os.replace(tmp, cache_file)
+    with atomic_path(cache_file, suffix=f'.tmp{os.getpid()}') as tmp:
+        torch.save(state, tmp)
     return ImageTensors(state['images'], state['targets'], classes)
 
 

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import torch
 import yaml
 
+from .atomic import atomic_path
 from .version import source_commit
 
 __all__ = ['write_args_yaml', 'truncate_summary', 'plot_curves']
@@ -76,7 +77,5 @@ def truncate_summary(path: str, start_epoch: int) -> None:
     if len(rows) < 2:
         return
     keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < start_epoch]
-    tmp = path + '.tmp'
-    with open(tmp, 'w', newline='') as f:
+    with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
         csv.writer(f).writerows(keep)
-    os.replace(tmp, path)

@@ -33,6 +33,7 @@ from timm.models import create_model, load_checkpoint
 from timm.utils import load_checkpoint_metadata
 
 import timm_stim  # noqa: F401  (registers the *_stim models)
+from .atomic import atomic_write_text
 from .data import data_config_at, run_data_configs
 from .depth import check_depths, find_stages, full_depths, recalibrate_bn, subnetwork, valid_depths
 from .elastic import depth_profile
@@ -317,10 +318,7 @@ def _run(args, argv) -> Dict[str, Any]:
 
 def _write_json(path: str, obj: Dict[str, Any]) -> None:
     """Whole or not at all (a temporary file renamed over `path`): a killed sweep leaves no half-written results."""
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def cli() -> None:

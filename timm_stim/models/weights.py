@@ -50,6 +50,8 @@ from typing import Any, Collection, Dict, List, Mapping, Optional, Union
 
 import torch
 
+from ..atomic import atomic_path, atomic_write_text
+
 __all__ = [
     'HUB_ORG', 'ENV_WEIGHTS_DIR', 'MANIFEST_NAME', 'WeightsEntry', 'weights_dir', 'read_manifest', 'find_entry',
     'sha256_file', 'verify_file', 'resolve_file', 'resolve_pretrained_cfg', 'add_weights', 'pretrained_tag_cfgs',
@@ -365,12 +367,10 @@ def join_parts(path: PathLike) -> Path:
     path = Path(path)
     target = path if os.access(path.parent, os.W_OK) else default_cache_dir() / 'weights' / path.name
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + '.tmp')
-    with open(tmp, 'wb') as out:
+    with atomic_path(target) as tmp, open(tmp, 'wb') as out:
         for part in part_files(path):
             with open(part, 'rb') as f:
                 shutil.copyfileobj(f, out, 2 ** 22)
-    os.replace(tmp, target)
     return target
 
 
@@ -520,10 +520,7 @@ def _entry_json(entry: WeightsEntry) -> Dict[str, Any]:
 def write_manifest(entries: List[WeightsEntry], directory: Optional[PathLike] = None) -> Path:
     """Write the manifest atomically (a temporary file renamed over it)."""
     path = _dir(directory) / MANIFEST_NAME
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps({'weights': [_entry_json(e) for e in entries]}, indent=2) + '\n')
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps({'weights': [_entry_json(e) for e in entries]}, indent=2) + '\n')
 
 
 def check_wheel_budget(entries: Collection[WeightsEntry], name: str, nbytes: int) -> None:
@@ -576,8 +573,7 @@ def write_weights(
         check_wheel_budget(entries, f'{model}.{tag}', nbytes)
     dst = directory / name
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + '.tmp')
-    try:
+    with atomic_path(dst) as tmp:
         # one metadata key: safetensors writes a metadata map in random order, and the same weights must give
         # the same sha256 (a re-release of unchanged weights changes nothing)
         save_file(tensors, str(tmp), metadata={'format': 'pt'})
@@ -585,11 +581,8 @@ def write_weights(
         entry = WeightsEntry(model=model, tag=tag, file=name, sha256=sha256_file(tmp), size=tmp.stat().st_size,
                              num_classes=int(num_classes), storage_dtype='/'.join(sorted(dtypes)) or 'float32',
                              **info)
-        os.replace(tmp, dst)
-        if not _in_wheel(name):
-            split_parts(dst)  # what git holds of it
-    finally:
-        tmp.unlink(missing_ok=True)
+    if not _in_wheel(name):
+        split_parts(dst)  # what git holds of it
     write_manifest(place_entry(entries, entry, default), directory)
     for old in entries:  # a re-release stored on the other side of the wheel leaves no stale copy behind
         if old.name == entry.name and old.file != name:
