@@ -251,9 +251,10 @@ def status(args) -> None:
         last = rows[-1] if rows else {}
         line = f'{d.name:45s} epochs done {len(rows):3d}  top1 {last.get("eval_top1", "-")}'
         log = d / 'train.log'
-        if (d / 'args.yaml').exists() and len(rows) >= int(_args(d)['epochs']):
+        epochs = int(_args(d)['epochs']) if (d / 'args.yaml').exists() else None
+        if epochs is not None and len(rows) >= epochs:
             line += '  swept' if (d / SWEEP).exists() else '  not swept yet (run or collect sweeps it)'
-        elif (d / 'args.yaml').exists() and log.exists():
+        elif epochs is not None and log.exists():
             eta = [x for x in log.read_text(errors='replace').splitlines() if 'ETA' in x]
             age = (time.time() - log.stat().st_mtime) / 60
             line += (f'  log written {age:.0f} min ago' + (f', {eta[-1].split("ETA:")[-1].strip()}'
@@ -271,14 +272,23 @@ def _robustness(run_dir: Path, model: str) -> Optional[Dict[str, Any]]:
                 sub_mean=round(sum(subs) / len(subs), 2) if subs else None, sub_min=min(subs) if subs else None)
 
 
+def _keep_recorded(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """`runs` plus the committed results' runs whose directories are not on this machine (a machine laid anew keeps
+    only the repository): the results file is the record, so a collect never drops a measured run."""
+    here = {r['run'] for r in runs}
+    kept = [r for r in (json.loads(OUT.read_text())['runs'] if OUT.exists() else []) if r['run'] not in here]
+    if kept:
+        print(f'kept from {OUT.name} (no run directory here): ' + ', '.join(r['run'] for r in kept))
+    return sorted(runs + kept, key=lambda r: r['run'])
+
+
 def collect(args) -> None:
-    import yaml
     runs = []
     for d in sorted(_runs_dir(args).glob('*')):
         rows = _summary(d)
         if not rows or not (d / 'args.yaml').exists():
             continue
-        a = yaml.safe_load(open(d / 'args.yaml'))
+        a = _args(d)
         model, seed, epochs = a['model'], a['seed'], a['epochs']
         arm = next((k for k in arm_names() if d.name == _name(model, k, seed, epochs)), None)
         top1 = [float(r['eval_top1']) for r in rows]
@@ -292,6 +302,7 @@ def collect(args) -> None:
             img_per_s=[round(float(r['train_img_per_s']), 1) for r in rows if r.get('train_img_per_s')],
             train_hours=_train_hours(rows),
             robustness=_robustness(d, model) if done and not args.no_robustness else None))
+    runs = _keep_recorded(runs)
     report = dict(recipe=RECIPE.read_text(), arms={k: arm_description(k) for k in arm_names()}, commit=git_commit(),
                   machine=machine_info(threads=1), runs=runs,
                   command='python benchmarks/cifar10.py collect')

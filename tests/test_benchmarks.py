@@ -105,3 +105,18 @@ def test_cifar10_queue_runs_each_spec_in_order_and_goes_on_after_a_failure(tmp_p
     with pytest.raises(SystemExit) as e:
         cifar10.main(['--runs-dir', str(tmp_path), 'queue', 'baseline:cifar_resnet20:zero:2'])
     assert e.value.code == 2 and 'want ARM:MODEL:SEED:EPOCHS' in capsys.readouterr().err
+
+
+def test_cifar10_collect_keeps_recorded_runs_whose_directories_are_gone(tmp_path, monkeypatch, capsys):
+    """benchmarks/cifar10.py collect on a machine laid anew: the committed results' runs that have no directory here
+    stay in the file; a run that is here replaces its recorded entry."""
+    import cifar10
+    out = tmp_path / 'cifar10.json'
+    out.write_text(json.dumps(dict(runs=[dict(run='gone-s0-e30', top1=87.0), dict(run='here-s0-e30', top1=None)])))
+    monkeypatch.setattr(cifar10, 'OUT', out)
+    runs = cifar10._keep_recorded([dict(run='here-s0-e30', top1=88.0), dict(run='new-s0-e30', top1=80.0)])
+    assert [(r['run'], r['top1']) for r in runs] == [('gone-s0-e30', 87.0), ('here-s0-e30', 88.0),
+                                                     ('new-s0-e30', 80.0)]
+    assert 'kept from cifar10.json (no run directory here): gone-s0-e30' in capsys.readouterr().out
+    out.unlink()
+    assert cifar10._keep_recorded([dict(run='a')]) == [dict(run='a')]
