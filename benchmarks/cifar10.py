@@ -28,12 +28,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, git_commit, machine_info  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+from timm_stim.bf16_conv import cpu_name, native_cpu_bfloat16  # noqa: E402
 from timm_stim.cards import HEADLINE_RUNS  # noqa: E402
 
 RECIPE = ROOT / 'benchmarks' / 'recipes' / 'cifar10.yaml'
@@ -109,7 +110,7 @@ def train_command(model: str, arm: str, seed: int, epochs: int, run_dir: Path) -
 
 
 STASH = ROOT / 'benchmarks' / 'checkpoints'  # committed resume points of unfinished runs (small models only)
-STASH_FILES = ('args.yaml', 'summary.csv', 'command.txt', 'train.log')
+STASH_FILES = ('args.yaml', 'summary.csv', 'command.txt', 'train.log', 'precision.txt')
 
 
 def stash(args) -> None:
@@ -181,8 +182,11 @@ def run(args) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / 'command.txt').write_text(' '.join(train_command(args.model, args.arm, args.seed, args.epochs,
                                                                 run_dir)) + '\n')
+    flags, precision = launch_precision(cmd, getattr(args, 'precision', 'auto'))
+    with open(run_dir / PRECISION_LOG, 'a') as f:  # each launch: from which epoch, in which precision, on which CPU
+        f.write(f'{time.strftime("%F %T")} epoch {len(_summary(run_dir))}: {precision} on {cpu_name()}\n')
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
-    exe = [sys.executable, '-m', 'timm_stim.train'] + cmd[1:]
+    exe = [sys.executable, '-m', 'timm_stim.train'] + cmd[1:] + flags
     with open(run_dir / 'train.log', 'a') as log:
         rc = subprocess.run(exe, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if rc == 0 and len(_summary(run_dir)) >= args.epochs:
@@ -191,6 +195,18 @@ def run(args) -> int:
 
 
 SWEEP = 'robustness.json'
+PRECISION_LOG = 'precision.txt'
+
+
+def launch_precision(cmd: List[str], choice: str = 'auto') -> Tuple[List[str], str]:
+    """The flags one launch adds to the run's command, and the precision it then trains in. The recipe's bfloat16
+    autocast pays off only on a CPU with bfloat16 instructions; on another ('auto', or 'float32' anywhere) the run
+    trains, or goes on, in float32: the speed changes, not the recipe. `run` logs each launch in precision.txt."""
+    if '--no-amp' in cmd:  # the architecture's own exception (MobileNetV3)
+        return [], 'float32'
+    if choice == 'float32' or (choice == 'auto' and not native_cpu_bfloat16()):
+        return ['--no-amp'], 'float32'
+    return [], 'bfloat16'
 
 
 def sweep(run_dir: Path, model: str, threads: Optional[int] = None) -> int:
@@ -236,6 +252,10 @@ def _alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def _lines(path: Path) -> Optional[List[str]]:
+    return path.read_text().splitlines() if path.exists() else None
 
 
 def _summary(run_dir: Path) -> List[Dict[str, str]]:
@@ -301,6 +321,7 @@ def collect(args) -> None:
             top1_final=top1[-1], top1_best=max(top1), curve_top1=top1,
             img_per_s=[round(float(r['train_img_per_s']), 1) for r in rows if r.get('train_img_per_s')],
             train_hours=_train_hours(rows),
+            precision_launches=_lines(d / PRECISION_LOG),
             robustness=_robustness(d, model) if done and not args.no_robustness else None))
     runs = _keep_recorded(runs)
     report = dict(recipe=RECIPE.read_text(), arms={k: arm_description(k) for k in arm_names()}, commit=git_commit(),
@@ -425,6 +446,11 @@ def plot(runs: List[Dict[str, Any]]) -> None:
     print('wrote ' + ', '.join(str(p.name) for p in written))
 
 
+PRECISIONS = ('auto', 'recipe', 'float32')
+PRECISION_HELP = ("the recipe's bfloat16 autocast where this CPU has bfloat16 instructions, else float32 (auto); "
+                  "the recipe's anyway (recipe); float32 (float32). Each launch is logged in the run's precision.txt")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--runs-dir', default=os.environ.get('TIMM_STIM_RUNS', str(Path.home() / 'timm_stim_runs')))
@@ -435,6 +461,7 @@ def main(argv=None) -> None:
     r.add_argument('--seed', type=int, default=0)
     r.add_argument('--epochs', type=int, default=30)
     r.add_argument('--threads', type=int, default=1)
+    r.add_argument('--precision', choices=PRECISIONS, default='auto', help=PRECISION_HELP)
     sub.add_parser('status', help='epochs done and last top-1 of every run')
     st = sub.add_parser('stash', help='copy unfinished runs\' newest checkpoints into benchmarks/checkpoints/ (commit '
                                       'them)')
@@ -445,6 +472,7 @@ def main(argv=None) -> None:
     q.add_argument('specs', nargs='+', type=parse_spec, metavar='ARM:MODEL:SEED:EPOCHS')
     q.add_argument('--after', type=int, metavar='PID', help='start when this process has ended')
     q.add_argument('--threads', type=int, default=1)
+    q.add_argument('--precision', choices=PRECISIONS, default='auto', help=PRECISION_HELP)
     args = p.parse_args(argv)
     rc = {'run': run, 'status': status, 'collect': collect, 'stash': stash, 'queue': queue}[args.cmd](args)
     raise SystemExit(rc or 0)

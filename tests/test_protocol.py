@@ -263,6 +263,19 @@ def test_bfloat16_run_resumes_to_identical_weights(tmp_path):
             assert torch.equal(a[key][k], b[key][k]), (key, k)
 
 
+def test_bfloat16_autocast_on_a_cpu_without_bfloat16_instructions_warns(monkeypatch, caplog):
+    """An AVX2 CPU emulates bfloat16 (a CIFAR ResNet trains ~16x slower than in float32): say so, name --no-amp."""
+    import timm_stim.train as T
+    args = argparse.Namespace(amp=True, amp_dtype='bfloat16')
+    for native in (True, False):
+        monkeypatch.setattr(T, 'native_cpu_bfloat16', lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger='train'):
+            autocast, scaler = T._amp(args, torch.device('cpu'))
+        assert scaler is None and autocast().fast_dtype == torch.bfloat16  # the flag is still obeyed
+        assert ('no bfloat16 instructions' in caplog.text and '--no-amp' in caplog.text) is not native
+
+
 # ------------------------------------------------------------------------------------- timm version
 def test_declared_minimum_timm_matches_the_package():
     from timm_stim.version import MIN_TIMM

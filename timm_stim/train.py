@@ -51,6 +51,7 @@ from timm.utils import NativeScaler
 from timm.utils.model import unwrap_model
 
 import timm_stim  # noqa: F401  (registers the *_stim models)
+from .bf16_conv import cpu_name, native_cpu_bfloat16
 from .checkpoint import (CKPT_EXT, CheckpointWriteError, Progress, StimCheckpointSaver, find_resume_checkpoint,
                          gather_rng_states, restore_progress, restore_rng, restore_saver, resume_checkpoint)
 from .data import run_data_configs
@@ -506,6 +507,10 @@ def _amp(args: argparse.Namespace, device: torch.device):
     if not args.amp:
         return nullcontext, None
     amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+    if device.type == 'cpu' and amp_dtype == torch.bfloat16 and not native_cpu_bfloat16():
+        _logger.warning(f'--amp-dtype bfloat16 on {cpu_name()}: this CPU has no bfloat16 instructions (AVX-512 BF16 '
+                        f'or AMX), so autocast emulates them and trains many times slower than float32. Pass '
+                        f'--no-amp here (it changes the speed, not the recipe).')
     scaler = NativeScaler(device=device.type) if device.type == 'cuda' and amp_dtype == torch.float16 else None
     return partial(torch.autocast, device_type=device.type, dtype=amp_dtype), scaler
 
