@@ -45,7 +45,7 @@ def test_the_trainer_step_gets_right_14px_subnetwork_gradients_and_leaves_the_mo
     seen = []  # which conv forward ran layer4.0.conv1
     model.layer4[0].conv1.register_forward_hook(lambda m, i, o: seen.append(nn.Conv2d._conv_forward.__name__))
     for _ in range(3):  # a few steps (the bug reads stale memory: a fresh process may not show it unguarded)
-        x, y = torch.randn(64, 3, 14, 14), torch.randint(0, 10, (64,))
+        x, y = torch.randn(16, 3, 14, 14), torch.randint(0, 10, (16,))
         grads = []
         for autocast in (True, False):
             seen.clear()
