@@ -41,13 +41,14 @@ def load_avg() -> Optional[tuple]:
 
 def machine_info(threads: Optional[int] = None, device: Optional[str] = None,
                  load_key: str = 'load_avg') -> Dict[str, Any]:
-    """Platform, CPU count, torch / timm versions and the load average at call time (under `load_key`).
+    """Platform, CPU (model name and instruction set), CPU count, torch / timm versions and the load average at call time (under `load_key`).
 
     `device`: what the benchmark runs on; by default 'cuda' when available, else 'cpu'.
     """
     import timm
+    from timm_stim.bf16_conv import cpu_name
     return {
-        'platform': platform.platform(), 'processor': platform.processor() or platform.machine(),
+        'platform': platform.platform(), 'processor': platform.processor() or platform.machine(), 'cpu': cpu_name(),
         'cpu_count': os.cpu_count(), 'torch_threads': threads if threads is not None else torch.get_num_threads(),
         'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
         'device': device or ('cuda' if torch.cuda.is_available() else 'cpu'),

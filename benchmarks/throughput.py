@@ -16,7 +16,11 @@ Writes benchmarks/results/throughput.json (command, commit, machine, numbers). T
 
 measures instead float32 against bfloat16 autocast (`--amp --amp-dtype bfloat16`), baseline and ST++ (K=1), for
 the CIFAR ResNets and the timm `_stim` models at 32x32, and for the CIFAR ResNets one thread, two threads, and two
-one-thread processes side by side (the way the long runs share this machine's two cores).
+one-thread processes side by side (the way the long runs share this machine's two cores). On a CPU without
+bfloat16 instructions (AVX2 only), where bfloat16 is emulated, the one-thread check is enough:
+
+    python benchmarks/throughput.py --sweep --sweep-models cifar_resnet20 resnet18_stim --sweep-layouts 1x1t \
+        --out benchmarks/results/throughput_precision_avx2.json
 """
 from __future__ import annotations
 
@@ -202,7 +206,7 @@ def sweep(args, argv) -> None:
     machine = machine_info(device='cpu', load_key='loadavg_start')
     rows = []
     for model_name in args.sweep_models:
-        layouts = list(LAYOUTS) if model_name.startswith('cifar_') else ['1x1t']
+        layouts = [k for k in (LAYOUTS if model_name.startswith('cifar_') else ['1x1t']) if k in args.sweep_layouts]
         for mode in ('off', 'stpp'):
             for layout in layouts:
                 rates = {p: round(sweep_point(args, model_name, p, mode, layout), 1) for p in ('fp32', 'bf16')}
@@ -224,6 +228,8 @@ def main(argv=None) -> None:
     p.add_argument('--sweep', action='store_true',
                    help='precision / threads sweep instead of the data-path comparison (writes --out)')
     p.add_argument('--sweep-models', nargs='+', default=list(SWEEP_MODELS), choices=list(SWEEP_MODELS))
+    p.add_argument('--sweep-layouts', nargs='+', default=list(LAYOUTS), choices=list(LAYOUTS),
+                   help='thread layouts of the CIFAR ResNets (the timm models are measured at 1x1t only)')
     p.add_argument('--worker', nargs=5, default=None, help=argparse.SUPPRESS)
     p.add_argument('--data-dir', default=str(ROOT / '..' / 'shared' / 'data' / 'cifar10'))
     p.add_argument('--model', default='cifar_resnet20')

@@ -62,6 +62,20 @@ def test_precision_table_comes_from_throughput_precision_json():
     assert f'{mnv3["fp32"] / mnv3["bf16"]:.2f}' in text and 'mobilenetv3_large_100_stim' in text.split('faster;')[1]
 
 
+def test_avx2_precision_table_names_its_cpu_and_says_bfloat16_is_slower_there():
+    data = _load('throughput_precision_avx2.json')
+    rows = {(r['model'], r['mode']): r['img_per_s'] for r in data['rows']}
+    text = render('precision-avx2')
+    cpu = data['machine'].get('cpu')
+    assert (f'Measured on {cpu}, which has no bfloat16 instructions' if cpu else
+            'Measured on a CPU without bfloat16 instructions, one thread.') in text
+    off, stpp = rows[('cifar_resnet20', 'off')], rows[('cifar_resnet20', 'stpp')]
+    assert _row(text, 'CIFAR ResNet-20').startswith(
+        f'| CIFAR ResNet-20 | baseline / ST++ | {off["fp32"]:,.0f} / {stpp["fp32"]:,.0f} | '
+        f'{off["bf16"]:,.0f} / {stpp["bf16"]:,.0f} |')
+    assert 'slower.' in text and 'faster' not in text  # emulated bfloat16 loses on every model
+
+
 def test_overhead_table_comes_from_overhead_json():
     data = _load('overhead.json')
     text = render('overhead')

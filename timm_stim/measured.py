@@ -183,6 +183,13 @@ def precision_table(data: Data) -> str:
     return '\n'.join(rows) + '\n\n' + text
 
 
+def precision_other_cpu(data: Data) -> str:
+    """The same table from a CPU without bfloat16 instructions (throughput_precision_avx2.json): which CPU first."""
+    cpu = data.get('machine', {}).get('cpu')  # recorded by benchmarks/_common.machine_info since this file's first run
+    where = f'{cpu}, which has no bfloat16 instructions' if cpu else 'a CPU without bfloat16 instructions'
+    return f'Measured on {where}, one thread. ' + precision_table(data)
+
+
 # -------------------------------------------------------------------------------------------- overhead.json
 OVERHEAD_TARGET = 1.1  # the goal for measured over FLOPs-implied step time
 
@@ -313,6 +320,7 @@ BLOCKS: Dict[str, Tuple[str, Callable[[Data], str]]] = {  # block name -> (resul
     'parity': ('parity.json', parity_table),
     'bn-protocol': ('parity.json', bn_protocol_table),
     'precision': ('throughput_precision.json', precision_table),
+    'precision-avx2': ('throughput_precision_avx2.json', precision_other_cpu),
     'overhead': ('overhead.json', overhead_table),
     'data-path': ('throughput.json', data_path_table),
     'inference': ('inference.json', inference_summary),
