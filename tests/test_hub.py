@@ -547,3 +547,23 @@ def test_setbacks_name_a_run_whose_top1_fell_under_the_shared_recipe():
     text = archs_table([dict(r, results_file='cifar10.json') for r in runs])
     assert '- mobilenetv3_large_100 `baseline` seed 0: validation top-1 fell from 40.00' in text
     assert '- resnet18 `baseline` seed 1:' in text and 'stpp_scale075` seed 0: validation' not in text
+
+
+def test_release_and_card_record_a_run_that_changed_precision(tmp_path):
+    """A run resumed on a CPU without bfloat16 goes on in float32: the tag keeps each launch's precision
+    (`precision.txt`) and its card says so, since the recorded command shows only the last launch's flags."""
+    from timm_stim.cards import _training
+    from timm_stim.models.weights import WeightsEntry
+    from timm_stim.release import precision_launches
+    assert precision_launches(tmp_path) == [] and precision_launches(None) == []
+    lines = ['2026-11-29 10:00:00 epoch 0: bfloat16 on Intel Xeon (AVX512)',
+             '2026-11-30 12:39:26 epoch 20: float32 on AMD EPYC (AVX2)']
+    (tmp_path / 'precision.txt').write_text('\n'.join(lines) + '\n')
+    assert precision_launches(tmp_path) == lines
+    entry = WeightsEntry(model='m', tag='t', file='m.t.safetensors', sha256='0' * 64, num_classes=10,
+                         command='timm-stim-train --no-amp',
+                         train_args=dict(stim_mode='stpp', precision_launches=lines))
+    text = _training(entry)
+    assert 'Precision of each launch' in text and all(f'`{x}`' in text for x in lines)
+    assert 'Precision of each launch' not in _training(WeightsEntry(model='m', tag='t', file='f', sha256='0' * 64,
+                                                                    num_classes=10))

@@ -327,7 +327,10 @@ def _paths_note(entry: WeightsEntry) -> str:
 def _training(entry: WeightsEntry) -> str:
     ev = entry.evaluation
     logged = ev.get('logged_top1')
-    return (f'## Training\n```bash\n{entry.command or "(command not recorded)"}\n```\n' + _paths_note(entry)
+    launches = entry.train_args.get('precision_launches')
+    mixed = ('- Precision of each launch (the run\'s `precision.txt`; the command above shows the last launch\'s '
+             'flags): ' + '; '.join(f'`{x}`' for x in launches) + '.\n') if launches else ''
+    return (f'## Training\n```bash\n{entry.command or "(command not recorded)"}\n```\n' + _paths_note(entry) + mixed
             + f'- Released with `{entry.release_command or "timm-stim-release"}` from `{entry.source or "-"}` '
             f'at timm-stim commit `{entry.commit or "-"}`.\n'
             f'- Top-1 re-measured in float32 on {ev.get("num_images", "-")} images of the `{ev.get("split", "-")}` '

@@ -152,6 +152,14 @@ def run_args(run_dir: Optional[Path], meta: Dict[str, Any]) -> Dict[str, Any]:
     raise ReleaseError('no args.yaml next to the checkpoint and no args inside it: cannot tell how it was trained.')
 
 
+def precision_launches(run_dir: Optional[Path]) -> List[str]:
+    """The run's `precision.txt` (one line per launch: from which epoch, in which precision, on which CPU; written by
+    `benchmarks/cifar10.py run`), or [] when it has none. A run resumed on another CPU may mix bfloat16 and float32,
+    and the recorded command only shows the last launch's flags."""
+    path = run_dir / 'precision.txt' if run_dir is not None else None
+    return path.read_text().splitlines() if path is not None and path.is_file() else []
+
+
 def logged_top1(run_dir: Optional[Path], meta: Dict[str, Any]) -> Optional[float]:
     """`eval_top1` that the run logged for the checkpoint's epoch (None when there is none)."""
     summary = run_dir / 'summary.csv' if run_dir is not None else None
@@ -383,6 +391,7 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     command, changed = train_command(args)
     # the literal command line, when the run recorded it (a resumed process's, less its --resume)
     command = without_resume(args['command']) if args.get('command') else command
+    launches = {'precision_launches': lines} if (lines := precision_launches(run_dir)) else {}
     info = dict(
         dataset=opts.dataset_name or _dataset_name(data_args), recipe=args.get('config') or '', command=command,
         metrics=dict(top1=round(full['top1'], 3), top5=round(full['top5'], 3)), license='apache-2.0',
@@ -391,7 +400,7 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
         label_names=list(getattr(getattr(loader, 'dataset', None), 'classes', None) or []) or None,
         commit=args.get('git_commit') or source_commit(),
         source=f'{ckpt} ({"state_dict_ema" if weights == "ema" else "state_dict"})',
-        train_args=dict(changed, stim_mode=args.get('stim_mode', 'stpp')), depths=depths,
+        train_args=dict(changed, stim_mode=args.get('stim_mode', 'stpp'), **launches), depths=depths,
         stats=model_stats(model.cpu(), data_config['input_size'], full['flops']),
         evaluation=dict(split=split, num_images=_num_images(loader), precision='float32',
                         logged_top1=logged, tolerance=opts.tolerance, bn_recalib=opts.bn_recalib,
