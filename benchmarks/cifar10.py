@@ -36,6 +36,7 @@ from _common import ROOT, git_commit, machine_info  # noqa: E402
 sys.path.insert(0, str(ROOT))
 from timm_stim.bf16_conv import cpu_name, native_cpu_bfloat16  # noqa: E402
 from timm_stim.cards import HEADLINE_RUNS  # noqa: E402
+from timm_stim.release import precision_launches  # noqa: E402
 
 RECIPE = ROOT / 'benchmarks' / 'recipes' / 'cifar10.yaml'
 DATA = (ROOT / '..' / 'shared' / 'data' / 'cifar10').resolve()
@@ -254,10 +255,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _lines(path: Path) -> Optional[List[str]]:
-    return path.read_text().splitlines() if path.exists() else None
-
-
 def _summary(run_dir: Path) -> List[Dict[str, str]]:
     path = run_dir / 'summary.csv'
     return list(csv.DictReader(open(path))) if path.exists() else []
@@ -321,7 +318,7 @@ def collect(args) -> None:
             top1_final=top1[-1], top1_best=max(top1), curve_top1=top1,
             img_per_s=[round(float(r['train_img_per_s']), 1) for r in rows if r.get('train_img_per_s')],
             train_hours=_train_hours(rows),
-            precision_launches=_lines(d / PRECISION_LOG),
+            precision_launches=precision_launches(d) or None,
             robustness=_robustness(d, model) if done and not args.no_robustness else None))
     runs = _keep_recorded(runs)
     report = dict(recipe=RECIPE.read_text(), arms={k: arm_description(k) for k in arm_names()}, commit=git_commit(),
