@@ -28,15 +28,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, git_commit, machine_info  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from timm_stim.bf16_conv import cpu_name, native_cpu_bfloat16  # noqa: E402
+from timm_stim.bf16_conv import native_cpu_bfloat16  # noqa: E402
 from timm_stim.cards import HEADLINE_RUNS  # noqa: E402
-from timm_stim.release import precision_launches  # noqa: E402
+from timm_stim.summary import precision_launches  # noqa: E402
 
 RECIPE = ROOT / 'benchmarks' / 'recipes' / 'cifar10.yaml'
 DATA = (ROOT / '..' / 'shared' / 'data' / 'cifar10').resolve()
@@ -183,9 +183,7 @@ def run(args) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / 'command.txt').write_text(' '.join(train_command(args.model, args.arm, args.seed, args.epochs,
                                                                 run_dir)) + '\n')
-    flags, precision = launch_precision(cmd, getattr(args, 'precision', 'auto'))
-    with open(run_dir / PRECISION_LOG, 'a') as f:  # each launch: from which epoch, in which precision, on which CPU
-        f.write(f'{time.strftime("%F %T")} epoch {len(_summary(run_dir))}: {precision} on {cpu_name()}\n')
+    flags = launch_precision(cmd, getattr(args, 'precision', 'auto'))  # the launch logs it in precision.txt
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
     exe = [sys.executable, '-m', 'timm_stim.train'] + cmd[1:] + flags
     with open(run_dir / 'train.log', 'a') as log:
@@ -196,18 +194,15 @@ def run(args) -> int:
 
 
 SWEEP = 'robustness.json'
-PRECISION_LOG = 'precision.txt'
 
 
-def launch_precision(cmd: List[str], choice: str = 'auto') -> Tuple[List[str], str]:
-    """The flags one launch adds to the run's command, and the precision it then trains in. The recipe's bfloat16
-    autocast pays off only on a CPU with bfloat16 instructions; on another ('auto', or 'float32' anywhere) the run
-    trains, or goes on, in float32: the speed changes, not the recipe. `run` logs each launch in precision.txt."""
-    if '--no-amp' in cmd:  # the architecture's own exception (MobileNetV3)
-        return [], 'float32'
+def launch_precision(cmd: List[str], choice: str = 'auto') -> List[str]:
+    """The flags one launch adds to the run's command. The recipe's bfloat16 autocast pays off only on a CPU with
+    bfloat16 instructions; on another ('auto', or 'float32' anywhere) the run trains, or goes on, in float32: the
+    speed changes, not the recipe. Each launch of `timm-stim-train` records its precision in precision.txt."""
     if choice == 'float32' or (choice == 'auto' and not native_cpu_bfloat16()):
-        return ['--no-amp'], 'float32'
-    return [], 'bfloat16'
+        return [] if '--no-amp' in cmd else ['--no-amp']  # MobileNetV3's recipe is float32 already
+    return []
 
 
 def sweep(run_dir: Path, model: str, threads: Optional[int] = None) -> int:

@@ -554,7 +554,7 @@ def test_release_and_card_record_a_run_that_changed_precision(tmp_path):
     (`precision.txt`) and its card says so, since the recorded command shows only the last launch's flags."""
     from timm_stim.cards import _training
     from timm_stim.models.weights import WeightsEntry
-    from timm_stim.release import precision_launches
+    from timm_stim.summary import precision_launches
     assert precision_launches(tmp_path) == [] and precision_launches(None) == []
     lines = ['2026-11-29 10:00:00 epoch 0: bfloat16 on Intel Xeon (AVX512)',
              '2026-11-30 12:39:26 epoch 20: float32 on AMD EPYC (AVX2)']

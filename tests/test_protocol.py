@@ -261,6 +261,13 @@ def test_bfloat16_run_resumes_to_identical_weights(tmp_path):
     for key in ('state_dict', 'state_dict_ema'):
         for k in b[key]:
             assert torch.equal(a[key][k], b[key][k]), (key, k)
+    from timm_stim.bf16_conv import cpu_name
+    from timm_stim.summary import precision_launches
+    launches = precision_launches(tmp_path / 'split')  # each launch: from where, in which precision, on which CPU
+    assert [line.split(' ', 2)[2] for line in launches] == [f'epoch {e}: bfloat16 on {cpu_name()}' for e in (0, 1)]
+    i = run.index('--amp')
+    main(run[:i] + run[i + 3:] + ['--epochs', '1', '--experiment', 'f32'])
+    assert precision_launches(tmp_path / 'f32')[0].endswith(f'epoch 0: float32 on {cpu_name()}')
 
 
 def test_bfloat16_autocast_on_a_cpu_without_bfloat16_instructions_warns(monkeypatch, caplog):

@@ -54,7 +54,7 @@ def test_committed_manifest_is_valid_and_matches_registry():
     for e in entries:  # every committed file is present and intact; a clone holds weights/hub/ files as parts
         local = ROOT / 'weights' / e.file
         assert local.is_file() or W.part_files(local), f'{e.name}: neither {local} nor its parts are committed'
-        assert W.resolve_file(e, ROOT / 'weights') == local  # joined from the parts, sha256 checked
+        assert W.sha256_file(W.resolve_file(e, ROOT / 'weights')) == e.sha256  # joined from parts where needed
     if W.weights_dir().resolve() == (ROOT / 'weights').resolve():
         names = {e.name for e in entries}  # _stim tags, and baseline tags of the CIFAR base names
         assert set(timm.list_pretrained('*_stim*')) == {n for n in names if '_stim' in n}

@@ -36,7 +36,8 @@ def native_cpu_bfloat16() -> bool:
 
 
 def cpu_name() -> str:
-    """This CPU's model name and the instruction set torch uses on it, e.g. 'AMD EPYC (AVX2)'."""
+    """This CPU's model name, the instruction set torch uses on it and whether it has bfloat16 instructions, e.g.
+    'AMD EPYC (AVX2)' or 'AMD EPYC (AVX512, bfloat16)'."""
     import platform
     name = platform.machine() or 'unknown CPU'
     try:
@@ -44,7 +45,7 @@ def cpu_name() -> str:
             name = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), name)
     except OSError:
         pass
-    return f'{name} ({torch.backends.cpu.get_cpu_capability()})'
+    return f'{name} ({torch.backends.cpu.get_cpu_capability()}{", bfloat16" if native_cpu_bfloat16() else ""})'
 
 
 def needs_float32(x: torch.Tensor) -> bool:

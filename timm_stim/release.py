@@ -45,6 +45,7 @@ from .models import CIFAR_ARCHS, STIM_BASES
 from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, check_wheel_budget,
                              load_checkpoint_state_dict, read_manifest, state_dict_nbytes, weights_dir,
                              write_weights)
+from .summary import precision_launches
 from .train import _non_negative_int, _positive_int, build_parser as train_parser
 from .loaders import create_split_loader
 from .validate import _sweep_configs, evaluate_depths
@@ -150,14 +151,6 @@ def run_args(run_dir: Optional[Path], meta: Dict[str, Any]) -> Dict[str, Any]:
     if meta.get('args') is not None:
         return dict(vars(meta['args']))
     raise ReleaseError('no args.yaml next to the checkpoint and no args inside it: cannot tell how it was trained.')
-
-
-def precision_launches(run_dir: Optional[Path]) -> List[str]:
-    """The run's `precision.txt` (one line per launch: from which epoch, in which precision, on which CPU; written by
-    `benchmarks/cifar10.py run`), or [] when it has none. A run resumed on another CPU may mix bfloat16 and float32,
-    and the recorded command only shows the last launch's flags."""
-    path = run_dir / 'precision.txt' if run_dir is not None else None
-    return path.read_text().splitlines() if path is not None and path.is_file() else []
 
 
 def logged_top1(run_dir: Optional[Path], meta: Dict[str, Any]) -> Optional[float]:

@@ -1,12 +1,14 @@
 """The run directory's records: `args.yaml` (flags, the literal command, the code's commit), timm's `summary.csv`
-(trimmed on resume) and a PNG of the training curves."""
+(trimmed on resume), `precision.txt` (each launch's precision and device) and a PNG of the training curves."""
 from __future__ import annotations
 
 import argparse
 import csv
 import logging
 import os
-from typing import Optional, Sequence
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
 
 import torch
 import yaml
@@ -14,7 +16,9 @@ import yaml
 from .atomic import atomic_path
 from .version import source_commit
 
-__all__ = ['write_args_yaml', 'truncate_summary', 'plot_curves']
+__all__ = ['write_args_yaml', 'truncate_summary', 'plot_curves', 'record_launch', 'precision_launches']
+
+PRECISION_LOG = 'precision.txt'
 
 _logger = logging.getLogger('train')
 
@@ -79,3 +83,20 @@ def truncate_summary(path: str, start_epoch: int) -> None:
     keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < start_epoch]
     with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
         csv.writer(f).writerows(keep)
+
+
+def record_launch(output_dir: Union[str, Path], epoch: int, batch: int, precision: str, device: str) -> str:
+    """Append this launch to the run's `precision.txt`: from which epoch (and step), in which precision, on which
+    device. A run resumed on another machine may change precision (float32 where a CPU lacks bfloat16
+    instructions), and its recorded command shows only the last launch's flags. Returns the line."""
+    start = f'epoch {epoch}' + (f' step {batch}' if batch else '')
+    line = f'{time.strftime("%F %T")} {start}: {precision} on {device}'
+    with open(Path(output_dir) / PRECISION_LOG, 'a') as f:
+        f.write(line + '\n')
+    return line
+
+
+def precision_launches(run_dir: Optional[Union[str, Path]]) -> List[str]:
+    """The lines of the run's `precision.txt` (see `record_launch`), or [] when it has none."""
+    path = Path(run_dir) / PRECISION_LOG if run_dir is not None else None
+    return path.read_text().splitlines() if path is not None and path.is_file() else []

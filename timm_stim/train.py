@@ -59,7 +59,7 @@ from .depth import compile_blocks, find_stages
 from .evaluation import evaluate
 from .guards import NonFiniteLossError, any_rank, nonfinite_tensors, recovery_advice
 from .loaders import Loaders, check_data_dir, create_train_loaders, recalib_batches
-from .summary import plot_curves, truncate_summary, write_args_yaml
+from .summary import plot_curves, record_launch, truncate_summary, write_args_yaml
 from .trainer import StimConfig, StimulativeTrainer, add_stim_args
 
 __all__ = ['build_parser', 'main', 'RunState', 'run_epoch', 'train_one_epoch', 'NonFiniteLossError', 'plot_curves',
@@ -515,6 +515,17 @@ def _amp(args: argparse.Namespace, device: torch.device):
     return partial(torch.autocast, device_type=device.type, dtype=amp_dtype), scaler
 
 
+def _precision(args: argparse.Namespace) -> str:
+    """The precision the training step runs in: float32, or the autocast dtype."""
+    return args.amp_dtype if args.amp else 'float32'
+
+
+def _device_name(device: torch.device) -> str:
+    """The CPU's model and ISA (`cpu_name`), or the accelerator's name."""
+    return torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name() if device.type == 'cpu' \
+        else str(device)
+
+
 def _create_task(args: argparse.Namespace, model: nn.Module, device: torch.device) -> StimulativeTrainer:
     """timm's classification loss inside the ST / ST++ task (refuses an unsupported family, before any data)."""
     mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
@@ -560,7 +571,8 @@ def _prepare_model(args: argparse.Namespace, task: StimulativeTrainer, model: nn
 
 
 def _open_output(state: RunState, ckpt, resume_path: Optional[str]) -> None:
-    """Rank 0: the run directory, its checkpoint saver (history continued on resume), args.yaml, summary.csv."""
+    """Rank 0: the run directory, its checkpoint saver (history continued on resume), args.yaml, summary.csv and
+    this launch's line in precision.txt."""
     args = state.args
     if not utils.is_primary(args):
         return
@@ -574,6 +586,8 @@ def _open_output(state: RunState, ckpt, resume_path: Optional[str]) -> None:
     restore_saver(state.saver, ckpt, resume_path, state.output_dir)
     write_args_yaml(state.output_dir, args, args.argv, data_config=state.data_config)
     truncate_summary(os.path.join(state.output_dir, 'summary.csv'), state.progress.epoch)
+    record_launch(state.output_dir, state.progress.epoch, state.progress.batch, _precision(args),
+                  _device_name(state.device))
 
 
 def build_run(args: argparse.Namespace) -> RunState:
