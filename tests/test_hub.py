@@ -205,6 +205,55 @@ def test_release_over_the_wheel_budget_is_refused_before_evaluating_or_goes_out_
     assert len(W.part_files(wdir / entry.file)) == 3 and W.read_manifest(wdir) == [entry]
 
 
+def test_release_too_large_to_publish_goes_float16_or_is_refused_before_evaluating(run_dir, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """A stored file over RELEASE_MAX_MB cannot land in one push: float32 is refused before any data is read, auto
+    stores float16 (the 1.1 MB float32 ResNet-20 is 0.55 MB in float16), and a file too large even in float16 is
+    refused; nothing is written when refused."""
+    from timm_stim.models import weights as W
+    from timm_stim.release import main
+    monkeypatch.setattr(W, 'RELEASE_MAX_MB', 0.8)
+    wdir = tmp_path / 'weights'
+    wdir.mkdir()
+    no_data = ['--data-dir', str(tmp_path / 'no-data')]
+    with pytest.raises(SystemExit):
+        main([str(run_dir)] + RELEASE + ['--weights-dir', str(wdir), '--storage', 'float32'] + no_data)
+    assert 'over the 0.8 MB that one release may add' in capsys.readouterr().err and not any(wdir.iterdir())
+    entry = main([str(run_dir)] + RELEASE + ['--weights-dir', str(wdir), '--robustness', 'none'])
+    assert entry.storage_dtype == 'float16' and entry.size < 0.8 * 2 ** 20
+    monkeypatch.setattr(W, 'RELEASE_MAX_MB', 0.3)
+    with pytest.raises(ValueError, match='over the 0.3 MB'):  # the library writer holds the same limit
+        W.write_weights(W.load_checkpoint_state_dict(run_dir / 'last.pth.tar'), 'cifar_resnet20_stim', 'x', 10, wdir)
+    with pytest.raises(SystemExit):
+        main([str(run_dir)] + RELEASE + ['--weights-dir', str(wdir), '--tag', 'other'] + no_data)
+    assert 'over the 0.3 MB' in capsys.readouterr().err and W.read_manifest(wdir) == [entry]
+
+
+@pytest.mark.parametrize('half_top1, mode, stored, top1', [
+    (80.0, 'auto', 'float16', 80.0),      # the same top-1: float16, whatever the size
+    (79.95, 'auto', 'float16', 79.95),    # too large for float32, within 0.1 pt: float16, with its own top-1
+    (79.5, 'auto', None, None),           # too large for float32 and float16 loses 0.5 pt: refused
+    (79.95, 'float16', 'float16', 79.95),
+])
+def test_choose_storage_above_the_release_limit(monkeypatch, half_top1, mode, stored, top1):
+    import torch
+    from timm_stim import release as R
+    from timm_stim.models import weights as W
+    monkeypatch.setattr(W, 'RELEASE_MAX_MB', 1e-4)  # a 2x64 linear layer (512 B in float32) is 'too large'
+    model = torch.nn.Linear(64, 2)
+    sd = model.state_dict()
+    monkeypatch.setattr(R, '_top1', lambda *a, **k: dict(top1=half_top1, top5=100.0))
+    monkeypatch.setattr(R, 'WHEEL_MAX_MB', 0)
+    full = dict(top1=80.0, top5=100.0)
+    if stored is None:
+        with pytest.raises(R.ReleaseError, match='not the same and float32 is over'):
+            R.choose_storage(model, sd, mode, full, [], torch.device('cpu'))
+        return
+    weights, measured = R.choose_storage(model, sd, mode, full, [], torch.device('cpu'))
+    assert {v.dtype for v in weights.values()} == {torch.float16} and measured['top1'] == top1
+    assert torch.equal(model.weight, sd['weight'])  # the model is given its float32 weights back
+
+
 def test_add_weights_takes_train_checkpoint(run_dir, tmp_path):
     from timm_stim.models import weights as W
     entry = W.add_weights(run_dir / 'last.pth.tar', 'cifar_resnet20_stim', 'ema', 10, tmp_path, use_ema=True)
@@ -437,9 +486,12 @@ def test_zoo_card_lists_released_tags(released):
 
 def test_wheel_budget_and_where_large_files_live():
     """Weights in the wheel fit it; a file above the per-file limit lives in weights/hub/, out of the wheel, in git
-    as parts of at most GIT_PART_MB (under GitHub's 100 MB) that join into exactly the released file."""
-    from timm_stim.models.weights import GIT_PART_MB, WHEEL_BUDGET_MB, WHEEL_MAX_MB, part_files, read_manifest
+    as parts of at most GIT_PART_MB (under GitHub's 100 MB) that join into exactly the released file; no file is
+    larger than one release may add (RELEASE_MAX_MB)."""
+    from timm_stim.models.weights import (GIT_PART_MB, RELEASE_MAX_MB, WHEEL_BUDGET_MB, WHEEL_MAX_MB, part_files,
+                                          read_manifest)
     entries = read_manifest(REPO / 'weights')
+    assert RELEASE_MAX_MB <= 128 and all(e.size <= RELEASE_MAX_MB * 2 ** 20 for e in entries)
     shipped = [e for e in entries if not e.file.startswith('hub/')]
     assert all(e.size <= WHEEL_MAX_MB * 2 ** 20 for e in shipped)
     assert WHEEL_BUDGET_MB <= 80 and sum(e.size for e in shipped) <= WHEEL_BUDGET_MB * 2 ** 20  # room for the code

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from huggingface_hub import EvalResult, ModelCardData
 
 from .measured import measured_blocks
-from .models.weights import GIT_PART_MB, WHEEL_BUDGET_MB, WHEEL_MAX_MB, WeightsEntry, read_manifest
+from .models.weights import GIT_PART_MB, RELEASE_MAX_MB, WHEEL_BUDGET_MB, WHEEL_MAX_MB, WeightsEntry, read_manifest
 
 __all__ = ['model_card', 'zoo_card', 'load_results', 'arm_stats', 'write_zoo_card', 'card_data']
 
@@ -402,7 +402,8 @@ model = timm.create_model('<model>.<tag>', pretrained=True, num_classes=100)   #
   byte parts of at most {GIT_PART_MB} MB (`<file>.part1of2`, ...; GitHub refuses files over 100 MB), which a clone
   joins on first use; an installed wheel fetches it from the Hub at the revision pinned in the manifest
   (`hf_hub_id` = `org/name@<commit>`). Its sha256 is checked like any local file's. Large files are stored in
-  float16 only when float16 gives the same top-1.
+  float16 only when float16 gives the same top-1, except a file over {RELEASE_MAX_MB} MB in float32 (too large for
+  one push of this repository), stored in float16 within 0.1 pt with the float16 top-1 recorded as the tag's.
 - A clone serves every tag offline; `HF_HUB_OFFLINE=1` makes a missing file fail at once.
 
 ## Limitations

@@ -16,7 +16,8 @@ What a maintainer would do, in order, stopping with one clear line (and writing 
 4. measure per-depth robustness with BN re-estimated for each configuration (`timm_stim.validate.evaluate_depths`)
    on training-augmented images at the training size (as the run re-estimated it), or take the sweep that
    `timm-stim-validate --results-file` already measured on this checkpoint (`--robustness-from`, checked);
-5. store float16 only for a file above the wheel limit and only when float16 gives the same top-1;
+5. store float16 only for a file above the wheel limit and only when float16 gives the same top-1, or, for a file
+   too large to publish in float32 (`RELEASE_MAX_MB`), within 0.1 pt, recording the float16 top-1;
    a file that would push the wheel's weights over their budget is refused at step 2 (before the evaluation);
    `--out-of-wheel` stores it under `weights/hub/` whatever its size (for non-default tags);
 6. write the weights and the manifest entry (sha256, size, dataset, input size, recipe from `args.yaml`, the
@@ -42,9 +43,10 @@ from timm import utils
 from .data import run_data_configs
 from .depth import valid_depths
 from .models import CIFAR_ARCHS, STIM_BASES
-from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, check_wheel_budget,
-                             load_checkpoint_state_dict, read_manifest, state_dict_nbytes, weights_dir,
-                             write_weights)
+from .models import weights as W
+from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, check_release_size,
+                             check_wheel_budget, load_checkpoint_state_dict, read_manifest, state_dict_nbytes,
+                             weights_dir, write_weights)
 from .summary import precision_launches
 from .train import _non_negative_int, _positive_int, build_parser as train_parser
 from .loaders import create_split_loader
@@ -55,6 +57,7 @@ __all__ = ['build_parser', 'main', 'release', 'ReleaseError', 'train_command']
 
 _logger = logging.getLogger('release')
 # how one process ran, not how the weights were trained: left out of the released command and train_args
+HALF_TOLERANCE = 0.1  # points of top-1 float16 may lose where float32 is too large to publish (verify_weights' bar)
 _MACHINE_KEYS = {'data', 'config', 'device', 'local_rank', 'rank', 'world_size', 'distributed', 'prefetcher',
                  'resume', 'no_resume_opt'}
 
@@ -92,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the robustness.json of benchmarks/cifar10.py collect) instead of measuring it again; it must "
                         "be newer than the checkpoint and match its weights, BN images, input size and image count")
     p.add_argument('--storage', default='auto', choices=('auto', 'float32', 'float16'),
-                   help=f'auto: float16 only above {WHEEL_MAX_MB} MB and only with the same top-1')
+                   help=f'auto: float16 only above {WHEEL_MAX_MB} MB and only with the same top-1; above '
+                        f'{W.RELEASE_MAX_MB} MB (too large to publish in float32) within {HALF_TOLERANCE} pt')
     p.add_argument('--default', action='store_true',
                    help="make this tag the model's default (first of its model in the manifest); otherwise a new "
                         "tag goes after the model's others and a replaced one keeps its place")
@@ -289,26 +293,39 @@ def robustness_from(path: str, ckpt: Path, expected: Dict[str, Any]) -> List[Dic
     return _kept(rec['results'])
 
 
-def choose_storage(model: nn.Module, state_dict: Dict[str, torch.Tensor], mode: str, top1: float,
-                   loader: Iterable, device: torch.device, input_size: Optional[Sequence[int]] = None) -> Dict[str, torch.Tensor]:
-    """float32, or float16 when asked (or auto and above the wheel limit) and its top-1 is the same."""
+def _as_float16(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
+
+
+def choose_storage(model: nn.Module, state_dict: Dict[str, torch.Tensor], mode: str, full: Dict[str, Any],
+                   loader: Iterable, device: torch.device, input_size: Optional[Sequence[int]] = None
+                   ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """The weights to store and their measured numbers: float32, or float16 (asked, or auto above the wheel limit)
+    when it gives the same top-1. Above `RELEASE_MAX_MB` float16 is the only way to publish, so it is taken within
+    `HALF_TOLERANCE` (the bar every tag is verified against) and the tag records the float16 top-1 it reproduces."""
     nbytes = state_dict_nbytes(state_dict)
-    if mode == 'float32' or (mode == 'auto' and nbytes <= WHEEL_MAX_MB * 2 ** 20):
-        return state_dict
-    half = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
+    if mode == 'float32' or (mode == 'auto' and nbytes <= min(WHEEL_MAX_MB, W.RELEASE_MAX_MB) * 2 ** 20):
+        return state_dict, full
+    half = _as_float16(state_dict)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in half.items()})
     try:
-        top1_half = _top1(model, loader, device, input_size)['top1']
+        measured = _top1(model, loader, device, input_size)
     finally:
         model.load_state_dict(state_dict)
+    top1, top1_half = full['top1'], measured['top1']
     if top1_half == top1:
         _logger.info(f'float16 storage keeps top-1 {top1:.2f}: storing float16.')
-        return half
-    if mode == 'float16':
-        raise ReleaseError(f'float16 weights give top-1 {top1_half:.2f}, float32 {top1:.2f}: not the same; '
-                           f'release with --storage float32.')
+        return half, full
+    if nbytes > W.RELEASE_MAX_MB * 2 ** 20 and abs(top1_half - top1) <= HALF_TOLERANCE:
+        _logger.info(f'float16 gives top-1 {top1_half:.2f} vs {top1:.2f} in float32; float32 is over '
+                     f'{W.RELEASE_MAX_MB} MB: storing float16 and recording its top-1.')
+        return half, measured
+    if mode == 'float16' or nbytes > W.RELEASE_MAX_MB * 2 ** 20:
+        raise ReleaseError(f'float16 weights give top-1 {top1_half:.2f}, float32 {top1:.2f}: not the same'
+                           + (f' and float32 is over {W.RELEASE_MAX_MB} MB' if mode == 'auto' else
+                              '; release with --storage float32') + '. Nothing was written.')
     _logger.info(f'float16 gives top-1 {top1_half:.2f} vs {top1:.2f}: keeping float32.')
-    return state_dict
+    return state_dict, full
 
 
 def check_logged(measured: float, logged: Optional[float], tolerance: float, skip: bool, weights: str) -> None:
@@ -352,6 +369,8 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
         state_dict = load_checkpoint_state_dict(ckpt, use_ema=weights == 'ema')
         model = build_checked_model(model_name, state_dict, num_classes, in_chans, source=str(ckpt))
         nbytes = state_dict_nbytes(state_dict)
+        check_release_size(f'{model_name}.{opts.tag}', nbytes if opts.storage == 'float32' else
+                           state_dict_nbytes(_as_float16(state_dict)))
         if not opts.out_of_wheel and nbytes <= WHEEL_MAX_MB * 2 ** 20:
             check_wheel_budget(read_manifest(opts.weights_dir or weights_dir()), f'{model_name}.{opts.tag}', nbytes)
     except (ValueError, FileNotFoundError) as e:
@@ -379,15 +398,15 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     else:
         depths = _robustness(model, opts, data_args, train_config, data_config, loader, device,
                              args.get('train_split', 'train'))
-    stored = choose_storage(model, state_dict, opts.storage, full['top1'], loader, device,
-                            data_config['input_size'])
+    stored, measured = choose_storage(model, state_dict, opts.storage, full, loader, device,
+                                      data_config['input_size'])
     command, changed = train_command(args)
     # the literal command line, when the run recorded it (a resumed process's, less its --resume)
     command = without_resume(args['command']) if args.get('command') else command
     launches = {'precision_launches': lines} if (lines := precision_launches(run_dir)) else {}
     info = dict(
         dataset=opts.dataset_name or _dataset_name(data_args), recipe=args.get('config') or '', command=command,
-        metrics=dict(top1=round(full['top1'], 3), top5=round(full['top5'], 3)), license='apache-2.0',
+        metrics=dict(top1=round(measured['top1'], 3), top5=round(measured['top5'], 3)), license='apache-2.0',
         input_size=list(data_config['input_size']), mean=list(data_config['mean']), std=list(data_config['std']),
         crop_pct=data_config['crop_pct'], interpolation=data_config['interpolation'],
         label_names=list(getattr(getattr(loader, 'dataset', None), 'classes', None) or []) or None,
@@ -398,6 +417,7 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
         evaluation=dict(split=split, num_images=_num_images(loader), precision='float32',
                         logged_top1=logged, tolerance=opts.tolerance, bn_recalib=opts.bn_recalib,
                         data_dir=str(data_args.data_dir), depth_configurations=len(valid_depths(model)),
+                        **({} if measured is full else {'float32_top1': round(full['top1'], 3)}),
                         **({'robustness_from': str(Path(opts.robustness_from).resolve())} if opts.robustness_from
                            else {})),
         release_command=' '.join(['timm-stim-release'] + list(argv)))

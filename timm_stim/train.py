@@ -502,22 +502,23 @@ def _create_model(args: argparse.Namespace, device: torch.device):
     return model, data_config, eval_config
 
 
+def _precision(args: argparse.Namespace) -> str:
+    """The precision the training step runs in: float32, or the autocast dtype (the one reading of --amp flags)."""
+    return args.amp_dtype if args.amp else 'float32'
+
+
 def _amp(args: argparse.Namespace, device: torch.device):
     """timm's AMP set-up: an autocast context, and a loss scaler for float16 on CUDA."""
-    if not args.amp:
+    precision = _precision(args)
+    if precision == 'float32':
         return nullcontext, None
-    amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+    amp_dtype = torch.bfloat16 if precision == 'bfloat16' else torch.float16
     if device.type == 'cpu' and amp_dtype == torch.bfloat16 and not native_cpu_bfloat16():
         _logger.warning(f'--amp-dtype bfloat16 on {cpu_name()}: this CPU has no bfloat16 instructions (AVX-512 BF16 '
                         f'or AMX), so autocast emulates them and trains many times slower than float32. Pass '
                         f'--no-amp here (it changes the speed, not the recipe).')
     scaler = NativeScaler(device=device.type) if device.type == 'cuda' and amp_dtype == torch.float16 else None
     return partial(torch.autocast, device_type=device.type, dtype=amp_dtype), scaler
-
-
-def _precision(args: argparse.Namespace) -> str:
-    """The precision the training step runs in: float32, or the autocast dtype."""
-    return args.amp_dtype if args.amp else 'float32'
 
 
 def _device_name(device: torch.device) -> str:

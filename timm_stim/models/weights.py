@@ -58,6 +58,7 @@ __all__ = [
     'tagged_default_cfgs', 'write_weights', 'load_checkpoint_state_dict', 'build_checked_model', 'known_models',
     'write_manifest', 'place_entry', 'WHEEL_MAX_MB', 'GIT_PART_MB', 'hub_offline', 'entry_cfg', 'part_files',
     'split_parts', 'join_parts', 'WHEEL_BUDGET_MB', 'check_wheel_budget', 'move_weights', 'state_dict_nbytes',
+    'RELEASE_MAX_MB', 'check_release_size',
 ]
 
 HUB_ORG = 'timm-stim'
@@ -66,6 +67,9 @@ MANIFEST_NAME = 'manifest.json'
 WHEEL_MAX_MB = 25  # larger stored files live in weights/hub/: out of the wheel, in git as parts, on the Hub
 WHEEL_BUDGET_MB = 80  # all weights inside the wheel together: room under PyPI's 100 MB for the code
 GIT_PART_MB = 90  # the largest committed part of a weights/hub/ file (GitHub refuses files over 100 MB)
+# the largest file one release may store: a release must land in one push, and this repository takes at most
+# 256 MiB of changes per push (a 268 MB float32 wide_resnet50_2 was refused whole), with room left for the rest
+RELEASE_MAX_MB = 128
 _CFG_OVERRIDES = ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'license', 'hf_hub_filename',
                   'label_names')
 
@@ -535,6 +539,16 @@ def check_wheel_budget(entries: Collection[WeightsEntry], name: str, nbytes: int
             f'(timm_stim.models.weights.move_weights(\'<model>.<tag>\')). Nothing was written.')
 
 
+def check_release_size(name: str, nbytes: int) -> None:
+    """Refuse (ValueError, before anything is written) a stored file of the tag `name` larger than
+    `RELEASE_MAX_MB`: a push cannot carry it, whatever parts git splits it into."""
+    if nbytes > RELEASE_MAX_MB * 2 ** 20:
+        raise ValueError(
+            f'{name}: the stored file would be {nbytes / 2 ** 20:.1f} MB, over the {RELEASE_MAX_MB} MB that one '
+            f'release may add (a push of this repository carries at most 256 MiB of changes). Store it in float16 '
+            f'(timm-stim-release --storage auto or float16). Nothing was written.')
+
+
 def _stored_name(model: str, tag: str, out_of_wheel: bool) -> str:
     return ('hub/' if out_of_wheel else '') + f'{model}.{tag}.safetensors'
 
@@ -560,7 +574,7 @@ def write_weights(
     """Store `state_dict` as `<model>.<tag>.safetensors` (under `hub/` when larger than `WHEEL_MAX_MB` or with
     `out_of_wheel`) and add or replace its manifest entry: a new tag goes after the model's others, a replaced one
     keeps its place, and with `default` it goes first (the model's default tag, as in timm). All checks run first
-    (the architecture, the wheel budget): on any error nothing is written."""
+    (the architecture, the wheel budget, `RELEASE_MAX_MB`): on any error nothing is written."""
     from safetensors.torch import save_file
     if not checked:
         build_checked_model(model, state_dict, num_classes, in_chans)
@@ -568,6 +582,7 @@ def write_weights(
     entries = read_manifest(directory)  # strict: never drop entries
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     nbytes = state_dict_nbytes(tensors)
+    check_release_size(f'{model}.{tag}', nbytes)
     name = _stored_name(model, tag, out_of_wheel or nbytes > WHEEL_MAX_MB * 2 ** 20)
     if _in_wheel(name):
         check_wheel_budget(entries, f'{model}.{tag}', nbytes)
