@@ -10,6 +10,8 @@ from the tag's weights, and from random initialisation (`--from-scratch`).
     python benchmarks/finetune.py                                  # every _stim tag, the demo's defaults
     python benchmarks/finetune.py cifar_resnet20_stim.<tag> --epochs 2 --threads 2
     python benchmarks/finetune.py --train-subset 256 --test-subset 200 --out /tmp/f.json   # a smoke test
+    python benchmarks/finetune.py wide_resnet50_2_stim.<tag> --arm pretrained &   # one arm per core, side by side:
+    python benchmarks/finetune.py wide_resnet50_2_stim.<tag> --arm scratch        # each keeps the other's result
 
 Writes benchmarks/results/finetune.json (command, commit, machine, settings, per tag both arms' full-network and
 per-depth top-1 with FLOPs, seconds) and finetune.png (top-1 against MFLOPs, both arms per tag). Run directories go
@@ -35,6 +37,7 @@ OUT = ROOT / 'benchmarks' / 'results' / 'finetune.json'
 # the settings that make results comparable; the rest is description, and precision is each tag's own
 SCHEDULE = ('dataset', 'input_size', 'epochs', 'lr', 'batch_size', 'train_images', 'test_images', 'bn_images')
 # the demo's flags this script passes through (same names, same defaults)
+ARMS = ('pretrained', 'scratch')
 PASSED = ('epochs', 'lr', 'data_dir', 'train_subset', 'test_subset', 'depths', 'threads', 'no_amp', 'seed')
 
 
@@ -55,6 +58,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                 p.add_argument(*action.option_strings, action='store_true', help=action.help)
             else:
                 p.add_argument(*action.option_strings, type=action.type, nargs=action.nargs, **kwargs)
+    p.add_argument('--arm', choices=ARMS, action='append', dest='arms',
+                   help='run only this arm (repeatable; default: both); the other arm\'s result already in --out '
+                        'under the same schedule is kept, so two processes can share two cores')
     p.add_argument('--runs-dir', default=str(ROOT / 'output' / 'benchmark-finetune'), metavar='DIR')
     p.add_argument('--out', default=str(OUT), metavar='FILE')
     p.add_argument('--no-plot', action='store_true')
@@ -91,6 +97,8 @@ def plot(report: Dict[str, Any], out_png: Path) -> None:
     for ax, (model, tags) in zip(axes[0], by_model.items()):
         for i, tag in enumerate(tags):
             for arm, style in (('pretrained', '-o'), ('scratch', '--s')):
+                if arm not in report['results'][tag]:
+                    continue
                 rows = report['results'][tag][arm]['results']
                 ax.plot([r['flops'] / 1e6 for r in rows], [r['top1'] for r in rows], style, color=f'C{i}',
                         label=f'{tag} ({"from the tag" if arm == "pretrained" else "random init"})')
@@ -104,30 +112,33 @@ def plot(report: Dict[str, Any], out_png: Path) -> None:
     plt.close(fig)
 
 
-def earlier_results(out: Path, settings: Dict[str, Any], tags: Sequence[str]) -> Dict[str, Any]:
-    """The results of other tags already in `out` under the same schedule (`SCHEDULE`), each with the command,
-    commit and precision that made it (older results get the file's), so that measuring one new tag does not drop
-    the others."""
+def earlier_results(out: Path, settings: Dict[str, Any], tags: Sequence[str],
+                    arms: Sequence[str] = ARMS) -> Dict[str, Any]:
+    """The results already in `out` under the same schedule (`SCHEDULE`) that this measurement does not redo (other
+    tags, and of `tags` the arms not in `arms`), each with the command, commit and precision that made it (older
+    results get the file's), so that measuring one new tag, or one arm, does not drop the others."""
     try:
         old = json.loads(out.read_text())
     except (OSError, ValueError):
         return {}
     if any((old.get('settings') or {}).get(k) != settings.get(k) for k in SCHEDULE):
         return {}
-    kept = {}
-    for tag, arms in old.get('results', {}).items():
-        if tag not in tags:
-            for arm in arms.values():
-                for key in ('command', 'commit'):
-                    arm.setdefault(key, old.get(key))
-                arm.setdefault('precision', old['settings'].get('precision'))
-            kept[tag] = arms
+    kept: Dict[str, Any] = {}
+    for tag, results in old.get('results', {}).items():
+        results = {arm: r for arm, r in results.items() if tag not in tags or arm not in arms}
+        for r in results.values():
+            for key in ('command', 'commit'):
+                r.setdefault(key, old.get(key))
+            r.setdefault('precision', old['settings'].get('precision'))
+        if results:
+            kept[tag] = results
     return kept
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
     args = parse_args(argv)
     tags = args.tags or stim_tags()
+    run_arms = [arm for arm in ARMS if arm in (args.arms or ARMS)]
     if not tags:
         print('benchmarks/finetune.py: error: the weights manifest has no _stim tag yet; pass MODEL.TAG arguments '
               'or release one (timm-stim-release).', file=sys.stderr)
@@ -138,11 +149,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
         machine=machine_info(args.threads), settings=None, results={})
     for tag in tags:
         try:
-            arms = {arm: run_arm(args, tag, arm == 'scratch') for arm in ('pretrained', 'scratch')}
+            arms = {arm: run_arm(args, tag, arm == 'scratch') for arm in run_arms}
         except demo.DemoError as e:
             print(f'benchmarks/finetune.py: error: {e}', file=sys.stderr)
             raise SystemExit(2)
-        first = arms['pretrained']
+        first = arms[run_arms[0]]
         report['settings'] = report['settings'] or dict(
             dataset='fashion-mnist (Debian dataset-fashion-mnist), test split', input_size=first['input_size'],
             epochs=first['epochs'], lr=first['lr'], batch_size=first['batch_size'], threads=first['threads'],
@@ -158,11 +169,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
                       full_top1=next(x['top1'] for x in r['results'] if x['full']), results=r['results'],
                       command=report['command'], commit=report['commit'])
             for arm, r in arms.items()}
-        gain = report['results'][tag]['pretrained']['full_top1'] - report['results'][tag]['scratch']['full_top1']
-        print(f'{tag}: full network {report["results"][tag]["pretrained"]["full_top1"]:.2f} from the tag, '
-              f'{report["results"][tag]["scratch"]["full_top1"]:.2f} from random init ({gain:+.2f})', flush=True)
     report['runtime_s'] = round(time.time() - t0, 1)
-    report['results'] = {**earlier_results(Path(args.out), report['settings'], tags), **report['results']}
+    earlier = earlier_results(Path(args.out), report['settings'], tags, run_arms)
+    for tag, arms in report['results'].items():  # with the other arm measured earlier, in ARMS order
+        merged = {**earlier.pop(tag, {}), **arms}
+        report['results'][tag] = {arm: merged[arm] for arm in ARMS if arm in merged}
+    report['results'] = {**earlier, **report['results']}
+    for tag in tags:
+        res = report['results'][tag]
+        if set(res) == set(ARMS):
+            print(f'{tag}: full network {res["pretrained"]["full_top1"]:.2f} from the tag, '
+                  f'{res["scratch"]["full_top1"]:.2f} from random init '
+                  f'({res["pretrained"]["full_top1"] - res["scratch"]["full_top1"]:+.2f})', flush=True)
+        else:
+            print(f'{tag}: {", ".join(res)} measured; run the other arm (--arm) to compare', flush=True)
     write_report(report, Path(args.out), plot, args.no_plot)
     return report
 

@@ -141,3 +141,21 @@ def test_cifar10_run_trains_in_float32_where_the_cpu_has_no_bfloat16(tmp_path, m
     args = argparse.Namespace(runs_dir=str(tmp_path), model='cifar_resnet20', arm='baseline', seed=0, epochs=2,
                               threads=1, precision='auto')
     assert cifar10.run(args) == 1 and launched[0][-1] == '--no-amp'
+
+
+def test_finetune_benchmark_one_arm_keeps_the_other_arm_of_the_same_tag(tmp_path):
+    """benchmarks/finetune.py --arm: measuring one arm of a tag (two processes, one per core) keeps the other arm
+    already measured under the same schedule, and the README's tables wait until both arms are there."""
+    import finetune
+    from timm_stim.cards import finetune_tables
+    settings = dict(epochs=1, lr=0.02, input_size=[1, 28, 28])
+    out = tmp_path / 'finetune.json'
+    out.write_text(json.dumps(dict(command='c', commit='x', settings=settings, results={
+        'a.t': dict(scratch=dict(results=[], precision='bfloat16')), 'b.t': dict(pretrained=dict(results=[]))})))
+    kept = finetune.earlier_results(out, settings, ['a.t'], ['pretrained'])
+    assert kept == {'a.t': {'scratch': dict(results=[], precision='bfloat16', command='c', commit='x')},
+                    'b.t': {'pretrained': dict(results=[], command='c', commit='x', precision=None)}}
+    assert finetune.earlier_results(out, settings, ['a.t'], ['scratch']) == {'b.t': kept['b.t']}
+    assert finetune.parse_args(['a.t', '--arm', 'scratch']).arms == ['scratch']
+    assert finetune.parse_args(['a.t']).arms is None
+    assert 'a.t' not in finetune_tables(tmp_path, modes={})

@@ -587,8 +587,9 @@ def finetune_tables(results_dir: Optional[Path] = None, modes: Optional[Dict[str
     except (OSError, ValueError, KeyError, TypeError):
         return 'No fine-tuning results yet (`python benchmarks/finetune.py`).'
     by_model: Dict[str, Dict[str, Any]] = {}
-    for tag, arms in results.items():
-        by_model.setdefault(_base(tag.split('.')[0]), {})[tag] = arms
+    for tag, arms in results.items():  # a tag with one arm measured so far (`finetune.py --arm`) waits for the other
+        if {'pretrained', 'scratch'} <= set(arms):
+            by_model.setdefault(_base(tag.split('.')[0]), {})[tag] = arms
     out = [f'Fashion-MNIST test top-1 (%) after {settings["epochs"]} epoch(s) at {settings["input_size"][1]}x'
            f'{settings["input_size"][2]}, one seed, BN re-estimated per depth; `benchmarks/results/finetune.json` '
            f'(each result records its command and commit).']
