@@ -564,6 +564,14 @@ def test_readme_finetune_tables_come_from_finetune_json(tmp_path):
     assert '84.00' not in text  # the same scratch setting of the same architecture is shown once
     assert '| `mobilenetv3_large_100_stim.c` | float32 | 91.00 | 85.00 |' in text
     assert text.count('| random initialisation') == 2
+    # an ST tag is compared only with the baseline tag of the same training epochs
+    report['results']['cifar_resnet20.d'] = dict(pretrained=arm([88, 70], st), scratch=arm([84, 72], st))
+    (tmp_path / 'finetune.json').write_text(json.dumps(report))
+    text = finetune_tables(tmp_path, modes={'cifar_resnet20_stim.a': 'stpp', 'cifar_resnet20.b': 'off',
+                                            'cifar_resnet20.d': 'off'},
+                           epochs={'cifar_resnet20_stim.a': 100, 'cifar_resnet20.b': 100, 'cifar_resnet20.d': 30})
+    assert '- `cifar_resnet20_stim.a` minus the baseline tag `cifar_resnet20.b`: +1.00 to +2.00 pt' in text
+    assert 'minus the baseline tag `cifar_resnet20.d`' not in text
 
 
 def test_readme_archs_table_compares_each_architecture_with_its_own_baseline():

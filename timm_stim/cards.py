@@ -573,13 +573,22 @@ def _gap(tops: Dict[tuple, float], ref: Dict[tuple, float]) -> str:
     return f'{min(diffs):+.2f} to {max(diffs):+.2f} pt' if diffs else '-'
 
 
-def finetune_tables(results_dir: Optional[Path] = None, modes: Optional[Dict[str, str]] = None) -> str:
+def _same_schedule(a: Any, b: Any) -> bool:
+    """Two tags' training epochs match, or one of them is not recorded."""
+    return a is None or b is None or a == b
+
+
+def finetune_tables(results_dir: Optional[Path] = None, modes: Optional[Dict[str, str]] = None,
+                    epochs: Optional[Dict[str, Any]] = None) -> str:
     """README's fine-tuning tables from finetune.json: per architecture, each measured tag's fine-tune and the same
     schedule from random initialisation (once per distinct `--stim-*` setting), top-1 per depth configuration; then
     each tag minus its random initialisation, and each ST tag minus a baseline tag (`modes`: `<model>.<tag>` to its
-    `--stim-mode`, default from the manifest) of the architecture, over the depths."""
-    if modes is None:
-        modes = {e.name: e.mode for e in read_manifest(ROOT / 'weights', strict=False)}
+    `--stim-mode`, default from the manifest) of the architecture trained for the same epochs (`epochs`: `<model>.<tag>`
+    to its training epochs, default from the manifest; a tag without a record is compared with every baseline)."""
+    if modes is None or epochs is None:
+        manifest = read_manifest(ROOT / 'weights', strict=False)
+        modes = {e.name: e.mode for e in manifest} if modes is None else modes
+        epochs = {e.name: e.train_args.get('epochs') for e in manifest} if epochs is None else epochs
     path = (Path(results_dir) if results_dir is not None else ROOT / 'benchmarks' / 'results') / 'finetune.json'
     try:
         report = json.loads(path.read_text())
@@ -616,7 +625,8 @@ def finetune_tables(results_dir: Optional[Path] = None, modes: Optional[Dict[str
                 for tag in tags]
         gaps += [f'`{tag}` minus the baseline tag `{base}`: '
                  + _gap(tops[(tag, 'pretrained')], tops[(base, 'pretrained')])
-                 for base in tags if modes.get(base) == 'off' for tag in tags if modes.get(tag) not in (None, 'off')]
+                 for base in tags if modes.get(base) == 'off' for tag in tags if modes.get(tag) not in (None, 'off')
+                 and _same_schedule(epochs.get(tag), epochs.get(base))]
         out.append('\n'.join(rows) + '\n\nOver these depths:\n' + '\n'.join(f'- {gap}' for gap in gaps))
     return '\n\n'.join(out)
 
