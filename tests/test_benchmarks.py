@@ -158,4 +158,4 @@ def test_finetune_benchmark_one_arm_keeps_the_other_arm_of_the_same_tag(tmp_path
     assert finetune.earlier_results(out, settings, ['a.t'], ['scratch']) == {'b.t': kept['b.t']}
     assert finetune.parse_args(['a.t', '--arm', 'scratch']).arms == ['scratch']
     assert finetune.parse_args(['a.t']).arms is None
-    assert 'a.t' not in finetune_tables(tmp_path, modes={})
+    assert 'a.t' not in finetune_tables(tmp_path, recipes={})

@@ -552,8 +552,8 @@ def test_readme_finetune_tables_come_from_finetune_json(tmp_path):
         'cifar_resnet20.b': dict(pretrained=arm([89, 78], st), scratch=arm([84, 72], st)),
         'mobilenetv3_large_100_stim.c': dict(pretrained=arm([91, 85], st, 'float32'), scratch=arm([80, 70], st))})
     (tmp_path / 'finetune.json').write_text(json.dumps(report))
-    text = finetune_tables(tmp_path, modes={'cifar_resnet20_stim.a': 'stpp', 'cifar_resnet20.b': 'off',
-                                            'mobilenetv3_large_100_stim.c': 'stpp'})
+    text = finetune_tables(tmp_path, recipes={'cifar_resnet20_stim.a': ('stpp', 30), 'cifar_resnet20.b': ('off', None),
+                                              'mobilenetv3_large_100_stim.c': ('stpp', 30)})
     assert '- `cifar_resnet20_stim.a` minus random initialisation: +7.00 to +9.00 pt' in text
     assert '- `cifar_resnet20_stim.a` minus the baseline tag `cifar_resnet20.b`: +1.00 to +2.00 pt' in text
     assert '- `mobilenetv3_large_100_stim.c` minus random initialisation: +11.00 to +15.00 pt' in text
@@ -567,9 +567,8 @@ def test_readme_finetune_tables_come_from_finetune_json(tmp_path):
     # an ST tag is compared only with the baseline tag of the same training epochs
     report['results']['cifar_resnet20.d'] = dict(pretrained=arm([88, 70], st), scratch=arm([84, 72], st))
     (tmp_path / 'finetune.json').write_text(json.dumps(report))
-    text = finetune_tables(tmp_path, modes={'cifar_resnet20_stim.a': 'stpp', 'cifar_resnet20.b': 'off',
-                                            'cifar_resnet20.d': 'off'},
-                           epochs={'cifar_resnet20_stim.a': 100, 'cifar_resnet20.b': 100, 'cifar_resnet20.d': 30})
+    text = finetune_tables(tmp_path, recipes={'cifar_resnet20_stim.a': ('stpp', 100), 'cifar_resnet20.b': ('off', 100),
+                                              'cifar_resnet20.d': ('off', 30)})
     assert '- `cifar_resnet20_stim.a` minus the baseline tag `cifar_resnet20.b`: +1.00 to +2.00 pt' in text
     assert 'minus the baseline tag `cifar_resnet20.d`' not in text
 

@@ -26,7 +26,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCardData
 
@@ -109,6 +109,11 @@ def _base(model: str) -> str:
     return model[:-len('_stim')] if model.endswith('_stim') else model
 
 
+def _same_epochs(a: Optional[int], b: Optional[int]) -> bool:
+    """Two runs or tags trained for the same epochs, or one of them does not record its epochs (compared anyway)."""
+    return a is None or b is None or a == b
+
+
 def arm_stats(runs: Sequence[Dict[str, Any]], model: str, dataset: str,
               epochs: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
     """Per arm: top-1 mean / sd / min / max / n / seeds, sub-network mean and training hours over the finished runs
@@ -117,7 +122,7 @@ def arm_stats(runs: Sequence[Dict[str, Any]], model: str, dataset: str,
     for run in runs:
         if _base(str(run.get('model', ''))) != _base(model) or run.get('dataset') != dataset:
             continue
-        if epochs is not None and run.get('epochs') not in (None, epochs):
+        if not _same_epochs(run.get('epochs'), epochs):
             continue
         if isinstance(run.get('top1'), (int, float)):
             by_arm.setdefault(str(run.get('arm', '?')), []).append(run)
@@ -147,7 +152,7 @@ def setbacks(runs: Sequence[Dict[str, Any]], model: str, dataset: str, epochs: O
     for run in runs:
         curve = run.get('curve_top1') or []
         if (_base(str(run.get('model', ''))) != _base(model) or run.get('dataset') != dataset
-                or (epochs is not None and run.get('epochs') not in (None, epochs)) or len(curve) < 2):
+                or not _same_epochs(run.get('epochs'), epochs) or len(curve) < 2):
             continue
         fall, peak, trough = max((max(curve[:i]) - curve[i], curve[:i].index(max(curve[:i])), i)
                                  for i in range(1, len(curve)))
@@ -573,22 +578,20 @@ def _gap(tops: Dict[tuple, float], ref: Dict[tuple, float]) -> str:
     return f'{min(diffs):+.2f} to {max(diffs):+.2f} pt' if diffs else '-'
 
 
-def _same_schedule(a: Any, b: Any) -> bool:
-    """Two tags' training epochs match, or one of them is not recorded."""
-    return a is None or b is None or a == b
+def _st_minus_baseline(tag: Optional[Tuple[str, Optional[int]]], base: Optional[Tuple[str, Optional[int]]]) -> bool:
+    """Whether `tag` (stim mode, epochs) is an ST tag to compare with the baseline tag `base` of the same epochs."""
+    return (tag is not None and base is not None and tag[0] != 'off' and base[0] == 'off'
+            and _same_epochs(tag[1], base[1]))
 
 
-def finetune_tables(results_dir: Optional[Path] = None, modes: Optional[Dict[str, str]] = None,
-                    epochs: Optional[Dict[str, Any]] = None) -> str:
+def finetune_tables(results_dir: Optional[Path] = None,
+                    recipes: Optional[Dict[str, Tuple[str, Optional[int]]]] = None) -> str:
     """README's fine-tuning tables from finetune.json: per architecture, each measured tag's fine-tune and the same
     schedule from random initialisation (once per distinct `--stim-*` setting), top-1 per depth configuration; then
-    each tag minus its random initialisation, and each ST tag minus a baseline tag (`modes`: `<model>.<tag>` to its
-    `--stim-mode`, default from the manifest) of the architecture trained for the same epochs (`epochs`: `<model>.<tag>`
-    to its training epochs, default from the manifest; a tag without a record is compared with every baseline)."""
-    if modes is None or epochs is None:
-        manifest = read_manifest(ROOT / 'weights', strict=False)
-        modes = {e.name: e.mode for e in manifest} if modes is None else modes
-        epochs = {e.name: e.train_args.get('epochs') for e in manifest} if epochs is None else epochs
+    each tag minus its random initialisation, and each ST tag minus the baseline tags of the architecture trained for
+    the same epochs (`recipes`: `<model>.<tag>` to its `--stim-mode` and training epochs, default from the manifest)."""
+    if recipes is None:
+        recipes = {e.name: (e.mode, e.train_args.get('epochs')) for e in read_manifest(ROOT / 'weights', strict=False)}
     path = (Path(results_dir) if results_dir is not None else ROOT / 'benchmarks' / 'results') / 'finetune.json'
     try:
         report = json.loads(path.read_text())
@@ -625,8 +628,7 @@ def finetune_tables(results_dir: Optional[Path] = None, modes: Optional[Dict[str
                 for tag in tags]
         gaps += [f'`{tag}` minus the baseline tag `{base}`: '
                  + _gap(tops[(tag, 'pretrained')], tops[(base, 'pretrained')])
-                 for base in tags if modes.get(base) == 'off' for tag in tags if modes.get(tag) not in (None, 'off')
-                 and _same_schedule(epochs.get(tag), epochs.get(base))]
+                 for base in tags for tag in tags if _st_minus_baseline(recipes.get(tag), recipes.get(base))]
         out.append('\n'.join(rows) + '\n\nOver these depths:\n' + '\n'.join(f'- {gap}' for gap in gaps))
     return '\n\n'.join(out)
 
