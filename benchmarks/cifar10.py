@@ -56,6 +56,10 @@ ARMS: Dict[str, Any] = {
     # Stage 4: what a user would pick instead, at the ST++ run's wall-clock (more epochs: --epochs).
     'droppath005': (['--stim-mode', 'off', '--drop-path', '0.05'], "baseline with timm's stochastic depth 0.05"),
     'droppath01': (['--stim-mode', 'off', '--drop-path', '0.1'], "baseline with timm's stochastic depth 0.1"),
+    # Controls of MobileNetV3's ST++ gain (issue 27): stpp's normalised main loss alone, and a gentler lr.
+    'main_normalized': (['--stim-mode', 'off', '--stim-loss', 'kl-', '--stim-main-normalized', '--stim-amplitude', '1'],
+                        'baseline with the main cross-entropy on A * LN(z), A = 1, as stpp; no sub-network'),
+    'baseline_lr005': (['--stim-mode', 'off', '--lr', '0.05'], 'plain training at lr 0.05'),
 }
 # Per-architecture exceptions to the recipe (benchmarks/recipes/timm_archs.md): MobileNetV3 trains in float32
 # (bfloat16 is 2.2x slower here for its depthwise convolutions) and has no `zero_init_last` to set.

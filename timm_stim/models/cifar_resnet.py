@@ -1,6 +1,6 @@
 """CIFAR ResNets and Wide ResNets in timm's style (timm has none).
 
-* ResNet-20/32/44/56/110 (He et al., "Deep Residual Learning for Image Recognition", arXiv:1512.03385 §4.2):
+* ResNet-8/14/20/32/44/56/110 (He et al., "Deep Residual Learning for Image Recognition", arXiv:1512.03385 §4.2):
   3x3 stem conv (16 channels), no max-pool, three stages of 16/32/64 channels with n BasicBlocks each
   (depth 6n+2). Post-activation blocks; the first block of stages 2 and 3 downsamples with a 1x1 conv + BN
   projection shortcut ("option B"), every other block has an identity shortcut.
@@ -9,8 +9,9 @@
   (BN-ReLU-conv3x3-BN-ReLU-dropout-conv3x3), a 1x1 conv projection shortcut where the width or stride changes,
   and a final BN-ReLU before pooling.
 
-Registered (non-`_stim`) names, chosen not to collide with timm's: `cifar_resnet20`, `cifar_resnet32`,
-`cifar_resnet44`, `cifar_resnet56`, `cifar_resnet110`, `cifar_wrn16_4`, `cifar_wrn28_10`. They carry no
+Registered (non-`_stim`) names, chosen not to collide with timm's: `cifar_resnet8`, `cifar_resnet14`,
+`cifar_resnet20`, `cifar_resnet32`, `cifar_resnet44`, `cifar_resnet56`, `cifar_resnet110`, `cifar_wrn16_4`,
+`cifar_wrn28_10` (ResNet-8 and -14 are ResNet-20's (1,1,1) and (2,2,2) sub-networks, to train alone). They carry no
 pretrained weights; the trained ones are the `*_stim` names in `stim_zoo.py`.
 
 The three stages are `layer1..layer3`, plain `nn.Sequential` containers, so that `timm_stim.subnetwork` can
@@ -355,6 +356,8 @@ _WRN_PAPER = dict(paper_ids='arXiv:1605.07146', paper_name='Wide Residual Networ
 
 # architecture arguments of every CIFAR variant, shared with the `_stim` registrations
 CIFAR_ARCHS: Dict[str, Dict[str, Any]] = {
+    'cifar_resnet8': dict(layers=(1, 1, 1)),
+    'cifar_resnet14': dict(layers=(2, 2, 2)),
     'cifar_resnet20': dict(layers=(3, 3, 3)),
     'cifar_resnet32': dict(layers=(5, 5, 5)),
     'cifar_resnet44': dict(layers=(7, 7, 7)),
@@ -376,6 +379,18 @@ default_cfgs = generate_default_cfgs(tagged_default_cfgs({name: cifar_cfg(name) 
 
 def _entry(name: str, pretrained: bool, kwargs: Dict[str, Any]) -> CifarResNet:
     return _create_cifar_resnet(name, pretrained, **dict(CIFAR_ARCHS[name], **kwargs))
+
+
+@register_model
+def cifar_resnet8(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-8 for CIFAR, arXiv:1512.03385 (ResNet-20's (1,1,1) sub-network, trained alone)."""
+    return _entry('cifar_resnet8', pretrained, kwargs)
+
+
+@register_model
+def cifar_resnet14(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-14 for CIFAR, arXiv:1512.03385 (ResNet-20's (2,2,2) sub-network, trained alone)."""
+    return _entry('cifar_resnet14', pretrained, kwargs)
 
 
 @register_model

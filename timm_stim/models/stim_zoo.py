@@ -187,6 +187,18 @@ def mobilenetv3_small_100_stim(pretrained: bool = False, **kwargs) -> MobileNetV
 
 
 @register_model
+def cifar_resnet8_stim(pretrained: bool = False, **kwargs) -> CifarResNetStim:
+    """CIFAR ResNet-8 (`cifar_resnet8` layout) with ST++ weights and elastic depth."""
+    return _create_stim('cifar_resnet8_stim', pretrained, **kwargs)
+
+
+@register_model
+def cifar_resnet14_stim(pretrained: bool = False, **kwargs) -> CifarResNetStim:
+    """CIFAR ResNet-14 (`cifar_resnet14` layout) with ST++ weights and elastic depth."""
+    return _create_stim('cifar_resnet14_stim', pretrained, **kwargs)
+
+
+@register_model
 def cifar_resnet20_stim(pretrained: bool = False, **kwargs) -> CifarResNetStim:
     """CIFAR ResNet-20 (`cifar_resnet20` layout) with ST++ weights and elastic depth."""
     return _create_stim('cifar_resnet20_stim', pretrained, **kwargs)

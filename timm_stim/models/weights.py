@@ -117,6 +117,9 @@ class WeightsEntry:
     depths: List[Dict[str, Any]] = field(default_factory=list)  # per-depth top-1 / FLOPs (BN re-estimated)
     stats: Dict[str, Any] = field(default_factory=dict)  # params, gmacs, activations of the full network
     release_command: str = ''
+    # per-depth BatchNorm statistics shipped beside the weights (timm_stim.depth_stats): {"file", "sha256", "size",
+    # "configs": [[d1, d2, ...], ...], "hf_hub_filename"}; empty when the tag ships none
+    depth_stats: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
