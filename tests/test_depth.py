@@ -7,9 +7,10 @@ import torch
 import torch.nn as nn
 
 from timm_stim import (
-    check_depths, export_subnetwork, find_stages, full_depths, recalibrate_bn, run_subnetworks, subnetwork,
-    supported_families, valid_depths,
+    check_depths, export_subnetwork, find_stages, full_depths, run_subnetworks, subnetwork, supported_families,
+    valid_depths,
 )
+from timm_stim.depth import recalibrate_bn  # the core's, in place (timm_stim.recalibrate_bn keeps sub-networks apart)
 
 # (name, create_model kwargs, input side): small inputs keep the suite fast
 MODELS = [

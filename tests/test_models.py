@@ -19,13 +19,13 @@ EXPECTED = {
     'resnet18_stim', 'resnet34_stim', 'resnet50_stim', 'resnet101_stim', 'wide_resnet50_2_stim',
     'wide_resnet101_2_stim', 'mobilenetv3_large_100_stim', 'mobilenetv3_small_100_stim', 'cifar_resnet20_stim',
     'cifar_resnet32_stim', 'cifar_resnet44_stim', 'cifar_resnet56_stim', 'cifar_resnet110_stim',
-    'cifar_wrn16_4_stim', 'cifar_wrn28_10_stim',
+    'cifar_wrn16_4_stim', 'cifar_wrn28_10_stim', 'cifar_resnet8_stim', 'cifar_resnet14_stim',
 }
 
 
 def test_registered_names():
     assert set(STIM_MODELS) == EXPECTED
-    assert set(CIFAR_BASES) == {'cifar_resnet20', 'cifar_resnet32', 'cifar_resnet44', 'cifar_resnet56',
+    assert set(CIFAR_BASES) == {'cifar_resnet8', 'cifar_resnet14', 'cifar_resnet20', 'cifar_resnet32', 'cifar_resnet44', 'cifar_resnet56',
                                 'cifar_resnet110', 'cifar_wrn16_4', 'cifar_wrn28_10'}
     # own registry modules, not timm's: nothing of ours in timm's `resnet` / `mobilenetv3` listings
     assert set(timm.list_models(module='stim_zoo')) == EXPECTED

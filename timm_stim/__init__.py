@@ -23,11 +23,14 @@ def _check_timm() -> None:
 _check_timm()
 from .depth import (
     Stage, find_stages, register_adapter, supported_families, full_depths, depth_ranges, check_depths,
-    subnetwork, run_subnetworks, MultiDepthForward, compile_blocks, valid_depths, export_subnetwork, recalibrate_bn,
+    subnetwork, run_subnetworks, MultiDepthForward, compile_blocks, valid_depths, export_subnetwork,
 )
 from .sampling import SPACES, DepthSampler, build_space, parse_space, sample_depths, stpp_kept_set
 from .losses import kl, kl_minus, normalize_logits, smaller_input, DEFAULT_AMPLITUDE
-from .elastic import set_depth, get_depth, at_depth, list_depths, depth_profile, export_depth, save_exported
+from .elastic import (
+    set_depth, get_depth, at_depth, list_depths, pick_depth, depth_profile, export_depth, save_exported, recalibrate_bn,
+    stats_table,
+)
 from . import models  # registers the CIFAR architectures and the *_stim models with timm
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__

@@ -110,17 +110,18 @@ def _register_timm_adapters() -> None:
 _register_timm_adapters()
 
 
-def find_stages(model: nn.Module) -> List[Stage]:
+def find_stages(model: nn.Module, require_droppable: bool = True) -> List[Stage]:
     """Return the stages of a timm model with, per stage, how many trailing blocks can be dropped.
 
-    Raises TypeError for an unsupported family or a model with no droppable residual block.
+    Raises TypeError for an unsupported family, or (with `require_droppable`, what training needs) a model with
+    no droppable residual block.
     """
     model = unwrap_model(model)
     for cls in type(model).__mro__:
         if cls in _ADAPTERS:
             family, fn = _ADAPTERS[cls]
             stages = fn(model)
-            if not any(s.droppable for s in stages):
+            if require_droppable and not any(s.droppable for s in stages):
                 raise TypeError(
                     f'{type(model).__name__} ({family}) has no droppable residual block (identity shortcut, not '
                     f'the first block of its stage): Stimulative Training needs at least one.')
@@ -142,7 +143,7 @@ def depth_ranges(model_or_stages: Union[nn.Module, Sequence[Stage]]) -> List[Tup
 
 def _as_stages(model_or_stages: Union[nn.Module, Sequence[Stage]]) -> List[Stage]:
     if isinstance(model_or_stages, nn.Module):
-        return find_stages(model_or_stages)
+        return find_stages(model_or_stages, require_droppable=False)
     return list(model_or_stages)
 
 

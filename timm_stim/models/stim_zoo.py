@@ -25,7 +25,8 @@ from timm.models.resnet import ResNet
 from ..depth import _ADAPTERS, Stage, _resnet_block_is_residual, _stage, find_stages, register_adapter
 from ..elastic import ElasticDepthMixin, ElasticFeaturesMixin
 from .cifar_resnet import CIFAR_ARCHS, CifarResNet, cifar_cfg
-from .weights import resolve_pretrained_cfg as resolve_weights, tagged_default_cfgs
+from .. import depth_stats
+from .weights import find_entry, resolve_pretrained_cfg as resolve_weights, tagged_default_cfgs
 
 __all__ = [
     'ResNetStim', 'MobileNetV3Stim', 'CifarResNetStim', 'FeatureListNetStim', 'FeatureDictNetStim',
@@ -135,6 +136,10 @@ def _create_stim(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     stim_cls = _STIM_CLASSES.get(type(model))
     if stim_cls is not None:  # also the features_only wrappers (fx / getter ones stay timm's, full network)
         model.__class__ = stim_cls
+    if pretrained and stim_cls is not None and not kwargs.get('features_only'):
+        entry = find_entry(cfg.architecture, cfg.tag)
+        if entry is not None and entry.num_classes == getattr(model, 'num_classes', None):
+            depth_stats.load_into(model, entry)  # per-depth BN statistics: elastic depth with no data
     return model
 
 

@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Elastic depth with no data: ship per-depth BatchNorm statistics with every `_stim` tag and measure what a user gets.
+
+    python benchmarks/elastic.py measure [--tags NAME ...]   # estimate, measure, re-release the tags' statistics
+    python benchmarks/elastic.py latency [--tags NAME ...]   # batch-1 / batch-64 latency of each shipped depth
+    python benchmarks/elastic.py plot
+
+`measure`, per `_stim` tag of the manifest (CIFAR-10; float32, as `model(x)` runs for a user):
+1. The configurations: every one for a network with at most `--max-all` (64) of them, else the configurations the
+   tag's release measured (its manifest `depths` rows: the seeded sample and the full network).
+2. For each: BatchNorm statistics estimated on 2,000 training-augmented images (the recipe's re-estimation) drawn
+   from the 45,000 train images outside the held-out split (`timm_stim.heldout`), then top-1 on the held-out 5,000
+   and on the 10,000 test images with (a) those statistics, what the tag ships; (b) the full network's statistics;
+   (c) statistics estimated again on 2,000 other images (another seed), what a user with data would get.
+3. Ships every measured configuration of a small network (weights under 8 MB); for a larger one the Pareto set
+   (best held-out top-1 per FLOPs), cut to about 10 % of the weights file. Writes `<model>.<tag>.depths.safetensors` into weights/, the
+   manifest entry's `depth_stats` and its per-depth table `depths` (now the shipped-statistics top-1).
+`latency` adds per configuration the median time of one image and of a batch of 64 (float32, eval, `--threads`),
+to be run with nothing else on the CPU, and rewrites the statistics files with it (the table `budget_ms` reads).
+Results: benchmarks/results/elastic.json and elastic.png.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, command_line, git_commit, git_dirty, machine_info, write_report  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+import timm  # noqa: E402
+import timm_stim  # noqa: E402
+from timm_stim import depth_stats  # noqa: E402
+from timm_stim.data import ImageTensors, TensorLoader, load_image_tensors  # noqa: E402
+from timm_stim.elastic import at_depth, depth_profile, forget_stats, list_depths, stats_table  # noqa: E402
+from timm_stim.evaluation import evaluate  # noqa: E402
+from timm_stim.heldout import heldout_record, split_heldout  # noqa: E402
+from timm_stim.models import weights  # noqa: E402
+
+DATA = (ROOT / '..' / 'shared' / 'data' / 'cifar10').resolve()
+OUT = ROOT / 'benchmarks' / 'results' / 'elastic.json'
+BN_IMAGES = 2000
+SHIPPED_SEED, RECALIB_SEED = 1, 2
+SIZE_SHARE = 0.10  # statistics of a large network: at most ~10 % of its weights file
+SMALL_MB = 8  # a network whose weights are smaller ships every measured configuration (they are a few kB each)
+
+
+def stim_tags() -> List[str]:
+    return [e.name for e in weights.read_manifest() if e.model.endswith('_stim')]
+
+
+def _subset(data: ImageTensors, idx: torch.Tensor) -> ImageTensors:
+    return ImageTensors(data.images[idx], data.targets[idx], data.classes)
+
+
+class Bench:
+    """The data of one tag: loaders for held-out, test and BN estimation at the tag's data config."""
+
+    def __init__(self, model: torch.nn.Module):
+        cfg = model.pretrained_cfg
+        train = load_image_tensors('', str(DATA), 'train')
+        test = load_image_tensors('', str(DATA), 'validation')
+        rest, held = split_heldout(len(train))
+        self.heldout_record = heldout_record(len(train))
+        self.rest = _subset(train, rest)
+        common = dict(mean=cfg['mean'], std=cfg['std'], input_size=cfg['input_size'], channels_last=True)
+        self.heldout = TensorLoader(_subset(train, held), 250, False, **common)
+        self.test = TensorLoader(test, 250, False, **common)
+        self.common = common
+
+    def bn_batches(self, seed: int):
+        return iter(TensorLoader(self.rest, 128, True, seed=seed, padding=4, hflip=0.5, **self.common))
+
+    def top1(self, model, loader, depths) -> float:
+        with at_depth(model, depths):
+            return round(float(evaluate(model, loader, torch.device('cpu'), channels_last=True)['top1']), 2)
+
+
+def configs_of(model, entry, max_all: int) -> List[tuple]:
+    every = list_depths(model)
+    if len(every) <= max_all:
+        return every
+    measured = [tuple(r['depths']) for r in entry.depths]
+    return sorted(set(measured) | {every[-1]}, key=every.index)
+
+
+def pareto(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Rows not beaten by a cheaper-or-equal one on held-out top-1 (the full network always stays)."""
+    out, best = [], -1.0
+    for r in sorted(rows, key=lambda r: (r['flops'], -r['heldout_top1'])):
+        if r['full'] or r['heldout_top1'] > best:
+            out.append(r)
+            best = max(best, r['heldout_top1'])
+    return out
+
+
+def measure_tag(name: str, max_all: int) -> Dict[str, Any]:
+    t0 = time.time()
+    model = timm.create_model(name, pretrained=True).eval()
+    entry = weights.find_entry(*name.split('.', 1))
+    forget_stats(model)  # estimate afresh: never measure statistics against themselves
+    bench = Bench(model)
+    configs = configs_of(model, entry, max_all)
+    prof = {tuple(p['depths']): p for p in depth_profile(model, depths=configs)}
+    full = configs[-1]
+    rows = []
+    with torch.no_grad():
+        for depths in configs:
+            p = prof[depths]
+            row = dict(depths=list(depths), full=depths == full, flops=p['flops'], params=p['params'],
+                       flops_share=round(p['flops_share'], 4))
+            if depths == full:
+                row.update(heldout_top1=bench.top1(model, bench.heldout, None),
+                           top1=bench.top1(model, bench.test, None))
+                row.update(top1_full_stats=row['top1'], top1_recalib=row['top1'])
+            else:
+                row['top1_full_stats'] = bench.top1(model, bench.test, depths)  # (b), before any estimate
+                timm_stim.recalibrate_bn(model, bench.bn_batches(RECALIB_SEED), BN_IMAGES, depths=depths)
+                row['top1_recalib'] = bench.top1(model, bench.test, depths)  # (c)
+                timm_stim.recalibrate_bn(model, bench.bn_batches(SHIPPED_SEED), BN_IMAGES, depths=depths)
+                row['heldout_top1'] = bench.top1(model, bench.heldout, depths)
+                row['top1'] = bench.top1(model, bench.test, depths)  # (a), what the tag ships
+            rows.append(row)
+            print(f'{name} {depths}: shipped {row["top1"]}  full-stats {row["top1_full_stats"]}  '
+                  f're-estimated {row["top1_recalib"]}  held-out {row["heldout_top1"]}', flush=True)
+    small = entry.size is not None and entry.size < SMALL_MB * 2 ** 20
+    shipped = _within_size(model, entry, rows if small else pareto(rows))
+    keep = {tuple(r['depths']) for r in shipped if not r['full']}
+    table = {d: s for d, s in stats_table(model).items() if d in keep}
+    for r in rows:
+        r['shipped'] = r['full'] or tuple(r['depths']) in keep
+    release(entry, table, shipped, bench.heldout_record)
+    return dict(tag=name, configs=len(rows), shipped=len(keep) + 1, heldout=bench.heldout_record, rows=rows,
+                seconds=round(time.time() - t0, 1))
+
+
+def _within_size(model, entry, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """All rows when their statistics fit `SIZE_SHARE` of the weights file (or it is a small network), else the
+    full network and the best held-out rows that do."""
+    per = {tuple(r['depths']): 8 * sum(v[0].numel() for v in stats_table(model).get(tuple(r['depths']), {}).values())
+           for r in rows}
+    budget = SIZE_SHARE * (entry.size or 0)
+    if sum(per.values()) <= budget or entry.size is None or entry.size < SMALL_MB * 2 ** 20:
+        return rows
+    out, used = [r for r in rows if r['full']], 0
+    for r in sorted((r for r in rows if not r['full']), key=lambda r: -r['heldout_top1']):
+        if used + per[tuple(r['depths'])] <= budget:
+            out.append(r)
+            used += per[tuple(r['depths'])]
+    return sorted(out, key=lambda r: r['flops'])
+
+
+def _table_rows(rows: Sequence[Dict[str, Any]], machine: Optional[str]) -> List[Dict[str, Any]]:
+    """What the statistics file carries: the `list_depths(measured=True)` table."""
+    keys = ('depths', 'full', 'flops_share', 'heldout_top1', 'latency_ms', 'latency_ms_b64')
+    return [dict({k: r.get(k) for k in keys}, mflops=round(r['flops'] / 1e6, 2), test_top1=r['top1']) for r in rows]
+
+
+def release(entry, table, rows, heldout: Dict[str, Any], machine: Optional[str] = None) -> None:
+    """Write the statistics file and switch the manifest entry to it (its table: `rows`)."""
+    from timm_stim.bf16_conv import cpu_name
+    machine = machine or cpu_name()
+    directory = weights.weights_dir()
+    name = depth_stats.sidecar_name(entry.file)
+    info = dict(model=entry.name, rows=_table_rows(rows, machine), machine=machine, heldout=heldout,
+                bn_images=BN_IMAGES, bn_seed=SHIPPED_SEED, precision='float32',
+                note='statistics estimated on training-augmented images outside the held-out split')
+    path = depth_stats.save(directory / name, table, info)
+    record = dict(file=name, sha256=weights.sha256_file(path), size=path.stat().st_size,
+                  hf_hub_filename=depth_stats.HUB_FILENAME, configs=[list(d) for d in table], heldout=heldout,
+                  machine=machine, bn_images=BN_IMAGES)
+    card_rows = [{k: r[k] for k in ('depths', 'full', 'top1', 'flops', 'params', 'flops_share', 'heldout_top1')
+                  if k in r} | {'bn': 'shipped' if not r['full'] else 'own'} for r in rows]
+    entries = weights.read_manifest()
+    new = dataclasses.replace(weights.find_entry(entry.model, entry.tag), depth_stats=record, depths=card_rows)
+    weights.write_manifest(weights.place_entry(entries, new), directory)
+
+
+def _load_report() -> Dict[str, Any]:
+    return json.loads(OUT.read_text()) if OUT.exists() else {'tags': {}}
+
+
+def measure(args) -> None:
+    report = _load_report()
+    for name in args.tags or stim_tags():
+        report['tags'][name] = measure_tag(name, args.max_all)
+        _write(report, args)
+
+
+@torch.no_grad()
+def latency_tag(name: str, threads: int, repeats: int) -> Dict[str, Any]:
+    model = timm.create_model(name, pretrained=True).eval()
+    rows = list_depths(model, measured=True)
+    c, h, w = model.pretrained_cfg['input_size']
+    out = {}
+    for batch in (1, 64):
+        x = torch.randn(batch, c, h, w).contiguous(memory_format=torch.channels_last)
+        for r in rows:
+            depths = None if r['full'] else r['depths']
+            with at_depth(model, depths):
+                for _ in range(3):
+                    model(x)
+                times = []
+                for _ in range(repeats if batch == 1 else max(3, repeats // 10)):
+                    t = time.perf_counter()
+                    model(x)
+                    times.append(time.perf_counter() - t)
+            out.setdefault(tuple(r['depths']), {})[batch] = round(1000 * statistics.median(times), 3)
+    return {k: v for k, v in out.items()}
+
+
+def latency(args) -> None:
+    torch.set_num_threads(args.threads)
+    report = _load_report()
+    from timm_stim.bf16_conv import cpu_name
+    for name in args.tags or stim_tags():
+        times = latency_tag(name, args.threads, args.repeats)
+        entry = weights.find_entry(*name.split('.', 1))
+        for r in report['tags'][name]['rows']:
+            if tuple(r['depths']) in times:
+                r['latency_ms'], r['latency_ms_b64'] = times[tuple(r['depths'])][1], times[tuple(r['depths'])][64]
+        shipped = [r for r in report['tags'][name]['rows'] if r.get('shipped')]
+        table, _ = depth_stats.load(depth_stats.resolve(entry))
+        release(entry, table, shipped, report['tags'][name]['heldout'], machine=cpu_name())
+        report['tags'][name]['latency'] = dict(threads=args.threads, precision='float32', machine=cpu_name(),
+                                              note='medians; training runs paused while measured')
+        print(f'{name}: latency of {len(times)} configurations', flush=True)
+        _write(report, args)
+
+
+def _write(report: Dict[str, Any], args) -> None:
+    report.update(command=command_line('benchmarks/elastic.py'), commit=git_commit(), dirty=git_dirty(),
+                  machine=machine_info(getattr(args, 'threads', None)), data=str(DATA.name), precision='float32')
+    write_report(report, OUT, plot, no_plot=True)
+
+
+def plot(report: Dict[str, Any], out: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    tags = list(report['tags'])
+    fig, axes = plt.subplots(1, len(tags), figsize=(4 * len(tags), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], tags):
+        rows = sorted(report['tags'][name]['rows'], key=lambda r: r['flops'])
+        x = [r['flops'] / 1e6 for r in rows]
+        for key, label, style in (('top1', '(a) shipped statistics', 'o'), ('top1_full_stats', '(b) full network\'s',
+                                  'x'), ('top1_recalib', '(c) re-estimated, 2,000 images', '.')):
+            ax.plot(x, [r[key] for r in rows], style, label=label, alpha=0.8)
+        ax.set_title(name.replace('_cifar10', ''), fontsize=8)
+        ax.set_xlabel('MFLOPs')
+        ax.set_ylabel('CIFAR-10 test top-1 (%)')
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    sub = p.add_subparsers(dest='cmd', required=True)
+    m = sub.add_parser('measure')
+    m.add_argument('--tags', nargs='*')
+    m.add_argument('--max-all', type=int, default=64, help='every configuration up to this many, else the measured')
+    lt = sub.add_parser('latency')
+    lt.add_argument('--tags', nargs='*')
+    lt.add_argument('--threads', type=int, default=1)
+    lt.add_argument('--repeats', type=int, default=50)
+    sub.add_parser('plot')
+    args = p.parse_args(argv)
+    if args.cmd == 'plot':
+        plot(_load_report(), OUT.with_suffix('.png'))
+        return
+    {'measure': measure, 'latency': latency}[args.cmd](args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,116 @@
+"""Per-depth BatchNorm statistics shipped with a tag, so that elastic depth needs no data.
+
+A sub-network's BatchNorm layers see other inputs than the full network's, so ST re-estimates their statistics
+per sub-network (arXiv:2210.04153 §3; arXiv:2305.02507 evaluates sub-networks the same way). A user who loads a
+tag and switches depth has no data step: the release estimates the statistics of each shipped configuration once
+and stores them beside the weights, in `<model>.<tag>.depths.safetensors` (`depth_stats.safetensors` on the Hub),
+sha256-checked like the weights and recorded in the manifest entry's `depth_stats`.
+
+File layout: one tensor per BatchNorm layer that a configuration runs, named `<d1-d2-...>/<bn name>.mean` and
+`.../<bn name>.var`, and one metadata key `timm_stim` holding JSON: `format`, `model`, `configs`, the measured
+table `rows` (depths, MFLOPs, FLOPs share, latency, held-out and test top-1), `machine`, `heldout`.
+The weights file stays a plain timm state dict (it loads strictly into the base architecture).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .atomic import atomic_path
+from .elastic import BNStats, Depths, attach_depth_stats, recalibrate_bn, stats_table
+
+__all__ = ['FORMAT', 'HUB_FILENAME', 'config_key', 'estimate', 'save', 'load', 'sidecar_name', 'resolve', 'load_into']
+
+FORMAT = 'timm-stim-depth-stats/1'
+HUB_FILENAME = 'depth_stats.safetensors'
+
+
+def config_key(depths: Sequence[int]) -> str:
+    return '-'.join(str(int(d)) for d in depths)
+
+
+def estimate(model: nn.Module, batches: Any, configs: Sequence[Sequence[int]], num_images: int = 2000
+             ) -> Dict[Depths, BNStats]:
+    """Statistics of each configuration on `num_images` images; `batches(depths)` returns a fresh iterable of
+    batches (the same images for every configuration keeps them comparable). The model's own are untouched."""
+    for depths in configs:
+        recalibrate_bn(model, batches(tuple(depths)), num_images, depths=depths)
+    table = stats_table(model)
+    return {tuple(d): table[tuple(d)] for d in configs if tuple(d) in table}
+
+
+def save(path: Union[str, Path], table: Mapping[Sequence[int], BNStats], info: Mapping[str, Any]) -> Path:
+    """Write `table` (configuration -> BN name -> (mean, var)) and `info` (JSON-able) atomically."""
+    from safetensors.torch import save_file
+    tensors = {}
+    for depths, bns in table.items():
+        key = config_key(depths)
+        for name, (mean, var) in bns.items():
+            tensors[f'{key}/{name}.mean'] = mean.detach().float().cpu().contiguous()
+            tensors[f'{key}/{name}.var'] = var.detach().float().cpu().contiguous()
+    meta = dict(info, format=FORMAT, configs=[list(map(int, d)) for d in table])
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={'timm_stim': json.dumps(meta, sort_keys=True)})
+    path.chmod(0o644)
+    return path
+
+
+def load(path: Union[str, Path]) -> Tuple[Dict[Depths, BNStats], Dict[str, Any]]:
+    """Read a file written by `save`: (table, info)."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework='pt') as f:
+        raw = (f.metadata() or {}).get('timm_stim')
+        info = json.loads(raw) if raw else {}
+        if info.get('format') != FORMAT:
+            raise ValueError(f'{path} is not a timm-stim depth statistics file (format {info.get("format")!r}, '
+                             f'expected {FORMAT!r}).')
+        table: Dict[Depths, Dict[str, List[torch.Tensor]]] = {}
+        for k in f.keys():
+            cfg, _, rest = k.partition('/')
+            name, _, kind = rest.rpartition('.')
+            depths = tuple(int(d) for d in cfg.split('-'))
+            table.setdefault(depths, {}).setdefault(name, [None, None])[kind == 'var'] = f.get_tensor(k)
+    return {d: {n: (v[0], v[1]) for n, v in bns.items()} for d, bns in table.items()}, info
+
+
+def sidecar_name(weights_file: str) -> str:
+    """`[hub/]x.safetensors` -> `x.depths.safetensors`: top level of the weights directory, so that it ships in the
+    wheel and git even when the weights file itself lives under `hub/` (it stays within ~10 % of the weights)."""
+    return Path(weights_file).name[:-len('.safetensors')] + '.depths.safetensors'
+
+
+def resolve(entry: Any, directory: Optional[Union[str, Path]] = None, cache_dir: Optional[Union[str, Path]] = None
+            ) -> Path:
+    """The verified local path of `entry`'s statistics file: the weights directory's, else the Hub copy."""
+    from .models.weights import _dir, hub_offline, sha256_file
+    info = entry.depth_stats
+    local = _dir(directory) / info['file']
+    if local.is_file():
+        path = local
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+            path = Path(hf_hub_download(entry.hub_repo, info.get('hf_hub_filename', HUB_FILENAME),
+                                        revision=entry.hub_revision, cache_dir=cache_dir,
+                                        local_files_only=hub_offline()))
+        except Exception as e:
+            raise FileNotFoundError(f'depth statistics of {entry.name}: no local file {local} and no Hub copy '
+                                    f'({type(e).__name__}: {e}).') from e
+    digest = sha256_file(path)
+    if digest != info['sha256']:
+        raise ValueError(f'depth statistics file {path} of {entry.name} has sha256 {digest}, the manifest records '
+                         f'{info["sha256"]}: corrupt or not the one listed. Delete it and fetch it again.')
+    return path
+
+
+def load_into(model: nn.Module, entry: Any, directory: Optional[Union[str, Path]] = None) -> nn.Module:
+    """Attach `entry`'s shipped statistics and measured table to `model` (a no-op when it ships none)."""
+    if not entry.depth_stats:
+        return model
+    table, info = load(resolve(entry, directory))
+    return attach_depth_stats(model, table, rows=info.get('rows', []), meta=info)
