@@ -18,7 +18,8 @@ The three stages are `layer1..layer3`, plain `nn.Sequential` containers, so that
 run a sub-network by removing trailing blocks for one pass. Block discovery: the first block of every stage
 is kept, a block is droppable when it has an identity shortcut (`downsample is None`).
 """
-from __future__ import annotations
+# no `from __future__ import annotations`: FX (torchvision feature extraction) copies forward()'s annotations
+# into its generated code, and TorchScript cannot resolve them as strings (`Unknown type name '_torch_Tensor_'`)
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
