@@ -3,12 +3,12 @@
 
 Every run uses `benchmarks/recipes/cifar10.yaml`; the arms differ only in their `--stim-*` flags (`ARMS`). Run
 directories live outside the repository (`--runs-dir`, default `$TIMM_STIM_RUNS` or ~/timm_stim_runs) and every
-run checkpoints each epoch and every 100 steps, so `run` on an existing directory resumes it exactly.
+run checkpoints each epoch and every 100 steps, so `run` on an existing directory resumes it exactly. Checkpoints
+stay in the run directories, never in git (only released weights are committed).
 
     python benchmarks/cifar10.py run baseline --model cifar_resnet20 --seed 0      # launch or resume (1 thread)
     python benchmarks/cifar10.py status                                            # where each run stands
     python benchmarks/cifar10.py collect                                           # -> benchmarks/results/cifar10.json
-    python benchmarks/cifar10.py stash       # unfinished runs' newest checkpoints -> benchmarks/checkpoints/ (commit)
     python benchmarks/cifar10.py queue --after PID baseline:cifar_resnet56:0:30 stpp_scale075:cifar_resnet56_stim:0:30
 
 `collect` reads each run's summary.csv / args.yaml and, for finished runs, the robustness sweep written by
@@ -114,57 +114,9 @@ def train_command(model: str, arm: str, seed: int, epochs: int, run_dir: Path) -
             '--output', str(run_dir.parent), '--experiment', run_dir.name]
 
 
-STASH = ROOT / 'benchmarks' / 'checkpoints'  # committed resume points of unfinished runs (small models only)
-STASH_FILES = ('args.yaml', 'summary.csv', 'command.txt', 'train.log', 'precision.txt')
-
-
-def stash(args) -> None:
-    """Copy each unfinished run's newest resumable checkpoint (and its logs) into benchmarks/checkpoints/, to be
-    committed: the next session resumes from there even on a machine without the run directory. A finished run
-    keeps its final checkpoint there until `collect` has swept it into cifar10.json; then its stash is removed."""
-    import shutil
-    from timm_stim.checkpoint import find_resume_checkpoint
-    swept = json.loads(OUT.read_text())['runs'] if OUT.exists() else []
-    collected = {r['run'] for r in swept if r.get('robustness')}
-    for d in sorted(_runs_dir(args).glob('*')):
-        rows = _summary(d)
-        if not (d / 'args.yaml').exists():
-            continue
-        finished = bool(rows) and len(rows) == int(_args(d)['epochs'])
-        if finished and d.name in collected:
-            if (STASH / d.name).is_dir():
-                shutil.rmtree(STASH / d.name)
-                print(f'removed the stash of {d.name}: finished and collected')
-            continue
-        try:  # a finished run not yet collected keeps its final checkpoint, for `collect` to sweep
-            ckpt = d / 'last.pth.tar' if finished else Path(find_resume_checkpoint(str(d)))
-        except FileNotFoundError:
-            continue
-        if ckpt.stat().st_size > args.max_mb * 2 ** 20:  # timm's ResNets, MobileNetV3: too large for git
-            print(f'not stashed {d.name}: {ckpt.name} is {ckpt.stat().st_size / 1e6:.0f} MB (> --max-mb '
-                  f'{args.max_mb}); it stays in {d}')
-            continue
-        out = STASH / d.name
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        shutil.copy2(ckpt, out / ckpt.name)
-        for name in STASH_FILES:
-            if (d / name).exists():
-                shutil.copy2(d / name, out / name)
-        print(f'stashed {d.name}: {ckpt.name} ({ckpt.stat().st_size / 1e6:.1f} MB)')
-
-
 def _args(run_dir: Path) -> Dict[str, Any]:
     import yaml
     return yaml.safe_load(open(run_dir / 'args.yaml'))
-
-
-def _restore(run_dir: Path) -> None:
-    """A run directory that is missing here but stashed in the repository is copied back before resuming."""
-    import shutil
-    if not run_dir.exists() and (STASH / run_dir.name).is_dir():
-        shutil.copytree(STASH / run_dir.name, run_dir)
-        print(f'restored {run_dir} from {STASH / run_dir.name}')
 
 
 def run(args) -> int:
@@ -172,7 +124,6 @@ def run(args) -> int:
     (`sweep`, what `collect` reads); blocks until both end (use nohup / & for more) and returns the first non-zero
     exit code. A finished run is only swept, if it has not been."""
     run_dir = _runs_dir(args) / _name(args.model, args.arm, args.seed, args.epochs)
-    _restore(run_dir)
     if len(_summary(run_dir)) >= args.epochs:
         swept = (run_dir / SWEEP).exists()
         print(f'{run_dir.name} has finished its {args.epochs} epochs: ' +
@@ -459,9 +410,6 @@ def main(argv=None) -> None:
     r.add_argument('--threads', type=int, default=1)
     r.add_argument('--precision', choices=PRECISIONS, default='auto', help=PRECISION_HELP)
     sub.add_parser('status', help='epochs done and last top-1 of every run')
-    st = sub.add_parser('stash', help='copy unfinished runs\' newest checkpoints into benchmarks/checkpoints/ (commit '
-                                      'them)')
-    st.add_argument('--max-mb', type=float, default=10, help='larger checkpoints stay in their run directory')
     c = sub.add_parser('collect', help='write benchmarks/results/cifar10.json')
     c.add_argument('--no-robustness', action='store_true')
     q = sub.add_parser('queue', help='run several runs one after another (blocks; one queue per core)')
@@ -470,7 +418,7 @@ def main(argv=None) -> None:
     q.add_argument('--threads', type=int, default=1)
     q.add_argument('--precision', choices=PRECISIONS, default='auto', help=PRECISION_HELP)
     args = p.parse_args(argv)
-    rc = {'run': run, 'status': status, 'collect': collect, 'stash': stash, 'queue': queue}[args.cmd](args)
+    rc = {'run': run, 'status': status, 'collect': collect, 'queue': queue}[args.cmd](args)
     raise SystemExit(rc or 0)
 
 

@@ -7,7 +7,7 @@
 
 `measure`, per `_stim` tag of the manifest (CIFAR-10; float32, as `model(x)` runs for a user):
 1. The configurations: every one for a network with at most `--max-all` (64) of them, else the configurations the
-   tag's release measured (its manifest `depths` rows: the seeded sample and the full network).
+   tag's release measured (its manifest `depths` rows: the seeded sample and the full network) and the uniform ones.
 2. For each: BatchNorm statistics estimated on 2,000 training-augmented images (the recipe's re-estimation) drawn
    from the 45,000 train images outside the held-out split (`timm_stim.heldout`), then top-1 on the held-out 5,000
    and on the 10,000 test images with (a) those statistics, what the tag ships; (b) the full network's statistics;
@@ -22,7 +22,6 @@ Results: benchmarks/results/elastic.json and elastic.png.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -85,11 +84,15 @@ class Bench:
 
 
 def configs_of(model, entry, max_all: int) -> List[tuple]:
+    """Every configuration up to `max_all`; else those the release measured, the full network, and every uniform one
+    (the same blocks kept in each stage: a CIFAR ResNet-56 at (3,3,3) is a ResNet-20, comparable with one trained
+    alone)."""
     every = list_depths(model)
     if len(every) <= max_all:
         return every
-    measured = [tuple(r['depths']) for r in entry.depths]
-    return sorted(set(measured) | {every[-1]}, key=every.index)
+    measured = {tuple(r['depths']) for r in entry.depths}
+    uniform = {d for d in every if len(set(d)) == 1}
+    return sorted(measured | uniform | {every[-1]}, key=every.index)
 
 
 def pareto(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -165,23 +168,17 @@ def _table_rows(rows: Sequence[Dict[str, Any]], machine: Optional[str]) -> List[
 
 
 def release(entry, table, rows, heldout: Dict[str, Any], machine: Optional[str] = None) -> None:
-    """Write the statistics file and switch the manifest entry to it (its table: `rows`)."""
+    """Switch the manifest entry to a new statistics file (under the manifest lock, all or nothing) whose table is
+    `rows`; the card's per-depth table becomes the shipped-statistics top-1."""
     from timm_stim.bf16_conv import cpu_name
     machine = machine or cpu_name()
-    directory = weights.weights_dir()
-    name = depth_stats.sidecar_name(entry.file)
     info = dict(model=entry.name, rows=_table_rows(rows, machine), machine=machine, heldout=heldout,
                 bn_images=BN_IMAGES, bn_seed=SHIPPED_SEED, precision='float32',
                 note='statistics estimated on training-augmented images outside the held-out split')
-    path = depth_stats.save(directory / name, table, info)
-    record = dict(file=name, sha256=weights.sha256_file(path), size=path.stat().st_size,
-                  hf_hub_filename=depth_stats.HUB_FILENAME, configs=[list(d) for d in table], heldout=heldout,
-                  machine=machine, bn_images=BN_IMAGES)
-    card_rows = [{k: r[k] for k in ('depths', 'full', 'top1', 'flops', 'params', 'flops_share', 'heldout_top1')
-                  if k in r} | {'bn': 'shipped' if not r['full'] else 'own'} for r in rows]
-    entries = weights.read_manifest()
-    new = dataclasses.replace(weights.find_entry(entry.model, entry.tag), depth_stats=record, depths=card_rows)
-    weights.write_manifest(weights.place_entry(entries, new), directory)
+    fields = dict(configs=[list(d) for d in table], heldout=heldout, machine=machine, bn_images=BN_IMAGES)
+    card_rows = [dict({k: r[k] for k in ('depths', 'full', 'top1', 'flops', 'params', 'flops_share', 'heldout_top1')
+                       if k in r}, bn='shipped' if not r['full'] else 'own') for r in rows]
+    weights.set_depth_stats(entry.name, depth_stats.to_bytes(table, info), fields, depths=card_rows)
 
 
 def _load_report() -> Dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Fixtures (all generic, usable by every test module):
 - `repo_root`: the repository root (a `pathlib.Path`).
-- `cifar10_root`: `<repo>/../shared/data/cifar10` (JPEG ImageFolder, `train/` and `val/`); the test is skipped
-  when it is absent. `cifar10_dir()` (plain function) returns the same path or None, for module-level skips.
+- `cifar10_root`: the CIFAR-10 JPEG ImageFolder (`train/` and `val/`): `$TIMM_STIM_CIFAR10` when set, else
+  `<repo>/../shared/data/cifar10`; the test is skipped when it is absent. `cifar10_dir()` (plain function) returns
+  the same path or None, for module-level skips; `cifar10_path()` the path looked at, present or not.
 - `cifar10_subset`: a function `(split, per_class, offset=0) -> (images uint8 [N, 3, 32, 32], labels int64 [N])`
   decoding the first `per_class` JPEGs (sorted names, after skipping `offset`) of every class; results are cached
   for the whole session, so several tests share one decode.
@@ -13,7 +14,8 @@ Fixtures (all generic, usable by every test module):
   cache, and restores it afterwards. Use it with `pytestmark = pytest.mark.usefixtures('stim_cache')`.
 
 Torch uses at most `TIMM_STIM_TEST_THREADS` intra-op threads (default: min(4, cpu count)) so that tests do not
-oversubscribe small CI machines.
+oversubscribe small CI machines. At the end of a run one line says how many real-data tests (CIFAR-10,
+Fashion-MNIST) were skipped and why (`pytest_terminal_summary`).
 """
 from __future__ import annotations
 
@@ -31,9 +33,17 @@ from timm_stim.models import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402,F401  (one 
 torch.set_num_threads(int(os.environ.get('TIMM_STIM_TEST_THREADS', min(4, os.cpu_count() or 1))))
 
 
+CIFAR10_ENV = 'TIMM_STIM_CIFAR10'
+
+
+def cifar10_path() -> Path:
+    """Where the tests look for CIFAR-10: `$TIMM_STIM_CIFAR10` when set, else `<repo>/../shared/data/cifar10`."""
+    return Path(os.environ.get(CIFAR10_ENV) or REPO_ROOT / '..' / 'shared' / 'data' / 'cifar10')
+
+
 def cifar10_dir() -> Optional[Path]:
-    """`<repo>/../shared/data/cifar10` when it holds `train/` and `val/`, else None."""
-    root = (REPO_ROOT / '..' / 'shared' / 'data' / 'cifar10').resolve()
+    """`cifar10_path()` (resolved) when it holds `train/` and `val/`, else None."""
+    root = cifar10_path().resolve()
     return root if (root / 'train').is_dir() and (root / 'val').is_dir() else None
 
 
@@ -41,7 +51,7 @@ def require_cifar10() -> Path:
     """The CIFAR-10 folder, or skip the calling test with a reason."""
     root = cifar10_dir()
     if root is None:
-        pytest.skip('CIFAR-10 JPEG folder not found at ../shared/data/cifar10 (relative to the repo root)')
+        pytest.skip(f'CIFAR-10 JPEG folder not found at {cifar10_path().resolve()} (set {CIFAR10_ENV})')
     return root
 
 
@@ -104,3 +114,29 @@ def stim_cache(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('TIMM_STIM_CACHE', str(path))
         yield path
+
+
+# ------------------------------------------------------------------------------------ real-data skip summary
+# (the name a skip reason holds, how to give the data)
+_REAL_DATA = (('CIFAR-10', lambda: f'not found at {cifar10_path().resolve()}; set {CIFAR10_ENV} to a folder '
+                                   f'with train/ and val/ class folders'),
+              ('Fashion-MNIST', lambda: "install Debian's dataset-fashion-mnist"))
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    return str(longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else longrepr or '')
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line: how many tests skipped for want of real data (CIFAR-10, Fashion-MNIST), and how to give it."""
+    counts = {name: 0 for name, _ in _REAL_DATA}
+    for report in terminalreporter.stats.get('skipped', []):
+        reason = _skip_reason(report).lower()
+        name = next((n for n, _ in _REAL_DATA if n.lower() in reason), None)
+        if name is not None:
+            counts[name] += 1
+    if sum(counts.values()):
+        parts = [f'{n} without {name} ({how()})' for name, how in _REAL_DATA if (n := counts[name])]
+        terminalreporter.write_line(f'timm-stim: {sum(counts.values())} real-data test(s) skipped: '
+                                    + '; '.join(parts) + '.', yellow=True)

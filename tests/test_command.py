@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import cifar10_path
+
 REPO = Path(__file__).resolve().parents[1]
-CIFAR = REPO / '..' / 'shared' / 'data' / 'cifar10'
-needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason='CIFAR-10 not at ../shared/data/cifar10')
+CIFAR = cifar10_path()  # $TIMM_STIM_CIFAR10, else ../shared/data/cifar10 (conftest)
+needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason=f'CIFAR-10 not at {CIFAR}')
 BASE = ['--data-dir', str(CIFAR), '--model', 'cifar_resnet20', '-b', '32', '--warmup-epochs', '0', '--lr', '0.05',
         '--log-interval', '2', '--seed', '1', '--no-plot', '--train-subset', '128']
 # the last commit whose train.py wrote checkpoints with the pre-reshape code (long runs were started with it)

@@ -7,9 +7,11 @@ import torch
 
 from timm_stim import data as D
 
+from conftest import cifar10_path
+
 REPO = Path(__file__).resolve().parents[1]
-CIFAR = REPO / '..' / 'shared' / 'data' / 'cifar10'
-needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason='CIFAR-10 not at ../shared/data/cifar10')
+CIFAR = cifar10_path()  # $TIMM_STIM_CIFAR10, else ../shared/data/cifar10 (conftest)
+needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason=f'CIFAR-10 not at {CIFAR}')
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 

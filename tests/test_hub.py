@@ -5,6 +5,7 @@ is released into a temporary weights directory (`TIMM_STIM_WEIGHTS_DIR`); fresh 
 users do (`pretrained=True`, `local-dir:`, `hf-hub:` from a hand-seeded cache with `HF_HUB_OFFLINE=1`). The push
 runs against a stand-in Hub client that records its calls; a real push runs only with `HF_TOKEN`.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -18,10 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import cifar10_path
+
 REPO = Path(__file__).resolve().parents[1]
-CIFAR = REPO / '..' / 'shared' / 'data' / 'cifar10'
+CIFAR = cifar10_path()  # $TIMM_STIM_CIFAR10, else ../shared/data/cifar10 (conftest)
 NAME = 'cifar_resnet20_stim.unit_cifar10'
-needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason='CIFAR-10 not at ../shared/data/cifar10')
+needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason=f'CIFAR-10 not at {CIFAR}')
 
 
 def _env(**extra):
@@ -46,7 +49,7 @@ def _listing(d: Path):
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory, stim_cache):
     if not (CIFAR / 'train').is_dir():
-        pytest.skip('CIFAR-10 not at ../shared/data/cifar10')
+        pytest.skip(f'CIFAR-10 not at {CIFAR}')
     from timm_stim.train import main
     out = tmp_path_factory.mktemp('run')
     res = main(['--data-dir', str(CIFAR), '--model', 'cifar_resnet20_stim', '-b', '32', '--warmup-epochs', '0',
@@ -417,13 +420,17 @@ def _front_matter(text: str) -> dict:
 
 def test_card_front_matter_and_numbers_equal_results_json(released, exported, tmp_path):
     from huggingface_hub import ModelCard
-    from timm_stim.cards import load_results, model_card
+    from timm_stim.cards import comparison_record, load_results, model_card
     _, entry = released
     runs = [dict(model='cifar_resnet20', dataset='cifar10', arm=arm, seed=s, epochs=1, top1=v)
             for arm, vals in (('off', [90.1, 90.5, 89.9]), ('stpp', [90.7, 91.2, 90.4])) for s, v in enumerate(vals)]
     runs.append(dict(model='cifar_resnet56', dataset='cifar10', arm='off', seed=0, epochs=1, top1=50.0))  # other arch
     (tmp_path / 'cifar10.json').write_text(json.dumps({'runs': runs}))
-    text = model_card(entry, load_results(tmp_path))
+
+    def card(runs):  # the card of the entry as a release with these results would record it
+        record = comparison_record(entry.model, entry.dataset, entry.train_args.get('epochs'), runs, tmp_path)
+        return model_card(dataclasses.replace(entry, comparison=json.loads(json.dumps(record))))
+    text = card(load_results(tmp_path))
     meta = _front_matter(text)
     assert meta['library_name'] == 'timm' and meta['license'] == 'apache-2.0' and meta['datasets'] == ['cifar10']
     assert {'timm', 'image-classification'} <= set(meta['tags'])
@@ -445,10 +452,32 @@ def test_card_front_matter_and_numbers_equal_results_json(released, exported, tm
     assert '--data-dir' in entry.command  # the training machine's path, and how to rerun it elsewhere:
     assert '`--dataset torch/cifar10 --dataset-download --data-dir DIR`' in text
     assert (exported / 'README.md').read_text().startswith('---\n')  # the exported card is the same generator's
-    assert 'claims no gain' in model_card(entry, [])
-    st_only = model_card(entry, [dict(r, results_file='cifar10.json') for r in runs if r['arm'] == 'stpp'])  # no baseline
+    assert 'claims no gain' in card([])
+    st_only = card([dict(r, results_file='cifar10.json') for r in runs if r['arm'] == 'stpp'])  # no baseline
     assert '| stpp | 90.77 |' in st_only and 'minus baseline' not in st_only
     assert 'No baseline of this architecture was trained with this schedule' in st_only
+
+
+def test_a_card_exported_from_a_wheel_equals_one_from_a_clone(run_dir, tmp_path, monkeypatch):
+    """The Hub card is built from the manifest entry alone: the release records what it needs from
+    benchmarks/results/ (`comparison`), so an installed wheel, which has no benchmarks/ beside the package, exports
+    the card a clone exports, ST++-versus-baseline numbers included."""
+    import timm_stim.cards as cards
+    from timm_stim.hub import export
+    from timm_stim.release import main
+    run = _copy_run(run_dir, tmp_path / 'run')
+    args = yaml.safe_load((run / 'args.yaml').read_text())
+    (run / 'args.yaml').write_text(yaml.safe_dump(dict(args, epochs=30)))  # a schedule the results JSON has runs of
+    wdir = tmp_path / 'weights'
+    entry = main([str(run), '--tag', 'card_cifar10', '--robustness', 'none', '-b', '64', '--weights-dir', str(wdir)])
+    assert entry.comparison['arms'] and entry.comparison['files']  # recorded at release
+    clone = export(entry.name, tmp_path / 'clone', wdir)
+    monkeypatch.setattr(cards, 'ROOT', tmp_path / 'site-packages')  # as installed: no benchmarks/results/ to read
+    assert cards.load_results() == []
+    wheel = export(entry.name, tmp_path / 'wheel', wdir)
+    card = (tmp_path / 'clone' / 'README.md').read_text()
+    assert (tmp_path / 'wheel' / 'README.md').read_text() == card and [p.name for p in clone] == [p.name for p in wheel]
+    assert 'minus baseline' in card and 'Source: `benchmarks/results/' in card and 'claims no gain' not in card
 
 
 def test_model_card_md_and_readme_zoo_are_current():

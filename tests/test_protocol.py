@@ -13,9 +13,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import cifar10_path
+
 REPO = Path(__file__).resolve().parents[1]
-CIFAR = REPO / '..' / 'shared' / 'data' / 'cifar10'
-needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason='CIFAR-10 not at ../shared/data/cifar10')
+CIFAR = cifar10_path()  # $TIMM_STIM_CIFAR10, else ../shared/data/cifar10 (conftest)
+needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason=f'CIFAR-10 not at {CIFAR}')
 
 BASE = ['--data-dir', str(CIFAR), '--model', 'cifar_resnet20', '-b', '32', '--warmup-epochs', '0', '--lr', '0.05',
         '--log-interval', '2', '--seed', '1', '--no-plot', '--train-subset', '128']
@@ -84,7 +86,7 @@ def test_recipe_file_sets_the_recommended_recipe_and_no_amp_overrides_it():
     from timm_stim.train import _parse_args
     recipe = str(REPO / 'benchmarks' / 'recipes' / 'cifar10.yaml')
     args = _parse_args(['-c', recipe])
-    assert args.amp and args.amp_dtype == 'bfloat16' and not args.filter_bias_and_bn
+    assert args.amp and args.amp_dtype == 'auto' and not args.filter_bias_and_bn  # bfloat16 where the CPU has it
     assert args.model_kwargs == {'zero_init_last': False} and args.sched_on_updates and args.stim_bn_recalib_aug
     assert not _parse_args(['-c', recipe, '--no-amp']).amp  # MobileNetV3 trains faster in float32 here
 

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import cifar10_path
+
 REPO = Path(__file__).resolve().parents[1]
-CIFAR = REPO / '..' / 'shared' / 'data' / 'cifar10'
+CIFAR = cifar10_path()  # $TIMM_STIM_CIFAR10, else ../shared/data/cifar10 (conftest)
 # a clone of huggingface/pytorch-image-models (a checkout, or a bare repository read at the installed timm's tag)
 UPSTREAM = Path(os.environ['TIMM_UPSTREAM_DIR']) if os.environ.get('TIMM_UPSTREAM_DIR') else None
 
-needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason='CIFAR-10 not at ../shared/data/cifar10')
+needs_cifar = pytest.mark.skipif(not (CIFAR / 'train').is_dir(), reason=f'CIFAR-10 not at {CIFAR}')
 
 # cifar_resnet20, 64-160 images, batch 32: each run is a few seconds. ST++ runs use --stim-min-scale 0.85 (inputs
 # 27..32 px): every new input size costs oneDNN a one-off kernel set-up, which dominates runs this short.
@@ -295,6 +297,21 @@ def test_launcher_refuses_bad_knobs_and_missing_script(tmp_path, capsys):
         assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_launcher_warns_that_kd_model_name_runs_no_st(tmp_path, capsys):
+    """Upstream train.py with --kd-model-name builds its own distillation task: one warning line, the run goes on."""
+    from timm_stim.launch_upstream import kd_warning, main
+    assert kd_warning(['--stim-mode', 'st', '--', '--model', 'x']) is None
+    warning = kd_warning(['--stim-mode', 'st', '--stim-subnets=2', '--', '--kd-model-name', 'resnet50'])
+    assert 'WITHOUT ST (--stim-mode, --stim-subnets ignored)' in warning and '\n' not in warning
+    assert 'the --stim-* defaults ignored' in kd_warning(['--', '--kd-model=resnet50'])  # argparse's prefix too
+    script = tmp_path / 'train.py'
+    script.write_text('import sys\nprint("ran", sys.argv[1:])\n')
+    main([str(script), '--stim-mode', 'st', '--', '--kd-model-name', 'resnet50'])
+    out, err = capsys.readouterr()
+    assert "ran ['--kd-model-name', 'resnet50']" in out
+    assert err.count('\n') == 1 and err.startswith('timm-stim-launch-upstream: warning: --kd-model-name makes')
+
+
 def _upstream_script(name, tmp_path):
     """Upstream `name` from $TIMM_UPSTREAM_DIR: the checked-out file, or `git show v<installed timm>:name`."""
     if UPSTREAM is None or not UPSTREAM.is_dir():
@@ -323,7 +340,7 @@ def _launch(script, *argv):
 def upstream_run(tmp_path_factory):
     """Upstream train.py, one epoch of cifar_resnet20_stim with ST++ (K=1) on 2 classes x 8 images."""
     if not (CIFAR / 'train').is_dir():
-        pytest.skip('CIFAR-10 not at ../shared/data/cifar10')
+        pytest.skip(f'CIFAR-10 not at {CIFAR}')
     tmp_path = tmp_path_factory.mktemp('upstream')
     script = _upstream_script('train.py', tmp_path)
     data = _tiny_folder(tmp_path / 'data')

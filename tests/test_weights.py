@@ -219,7 +219,7 @@ def test_bad_manifests(tmp_path):
     (tmp_path / 'manifest.json').write_text('{not json')
     with pytest.raises(ValueError, match='not valid JSON'):
         W.read_manifest(tmp_path)
-    bad = dict(model='m', tag='t', file='f', sha256='xyz', num_classes=1)
+    bad = dict(model='m', tag='t', file='m.t.safetensors', sha256='xyz', num_classes=1)
     (tmp_path / 'manifest.json').write_text(json.dumps([bad]))
     with pytest.raises(ValueError, match='64 hex'):
         W.read_manifest(tmp_path)
@@ -400,7 +400,8 @@ def test_hub_fallback_honours_hf_hub_offline_env(wdir, monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match='HF_HUB_OFFLINE is set') as e:
         W.resolve_file(entry, wdir, cache_dir=tmp_path / 'empty_cache')
     assert time.time() - t0 < 5 and entry.hub_id in str(e.value)
-    monkeypatch.setenv('HF_HUB_OFFLINE', '0')  # online: the error says how to avoid the retry wait
+    monkeypatch.setenv('HF_HUB_OFFLINE', '0')  # online (the Hub answers): the error says how to avoid the retries
+    monkeypatch.setattr(W, 'hub_unreachable', lambda: None)
     monkeypatch.setattr('huggingface_hub.hf_hub_download', lambda *a, **k: (_ for _ in ()).throw(OSError('no net')))
-    with pytest.raises(FileNotFoundError, match='set HF_HUB_OFFLINE=1'):
+    with pytest.raises(FileNotFoundError, match='HF_HUB_OFFLINE=1 makes this fail at once'):
         W.resolve_file(entry, wdir, cache_dir=tmp_path / 'empty_cache')

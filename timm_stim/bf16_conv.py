@@ -16,16 +16,18 @@ exported and scripted modules need no timm_stim. Subclasses that do not go throu
 `native_cpu_bfloat16()` says whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX). Without it (an
 AVX2-only CPU) oneDNN emulates bfloat16 and autocast trains a CIFAR ResNet about 16x *slower* than float32
 (measured on an AVX2 AMD EPYC: ResNet-20 13 vs 213 img/s, one thread), so `timm-stim-train` warns.
+`auto_precision(device)` is what `--amp-dtype auto` trains in: bfloat16 autocast on a CPU with those instructions,
+float32 on one without; on CUDA bfloat16 where the GPU has it natively, else float16.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ['strided_conv_guard', 'needs_float32', 'native_cpu_bfloat16', 'cpu_name']
+__all__ = ['strided_conv_guard', 'needs_float32', 'native_cpu_bfloat16', 'cpu_name', 'auto_precision']
 
 _PLAIN_CONV_FORWARD = nn.Conv2d._conv_forward
 
@@ -46,6 +48,26 @@ def cpu_name() -> str:
     except OSError:
         pass
     return f'{name} ({torch.backends.cpu.get_cpu_capability()}{", bfloat16" if native_cpu_bfloat16() else ""})'
+
+
+def auto_precision(device: torch.device) -> Tuple[str, str]:
+    """(precision, why) for `--amp-dtype auto` on `device`: 'bfloat16' (autocast), 'float16' (autocast and a loss
+    scaler) or 'float32' (no autocast). A CPU: bfloat16 where it has bfloat16 instructions, else float32 (emulated
+    bfloat16 trains many times slower). CUDA, or another accelerator whose torch module says: bfloat16 where the
+    device computes it natively, else float16, timm's usual choice."""
+    if device.type == 'cpu':
+        if native_cpu_bfloat16():
+            return 'bfloat16', f'{cpu_name()} has bfloat16 instructions (AVX-512 BF16 or AMX)'
+        return 'float32', (f'{cpu_name()} has no bfloat16 instructions (AVX-512 BF16 or AMX): bfloat16 autocast would '
+                           f'emulate them, many times slower than float32')
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type
+    supported = getattr(getattr(torch, device.type, None), 'is_bf16_supported', None)
+    try:
+        native = bool(supported(including_emulation=False)) if supported is not None else False
+    except TypeError:  # an accelerator module without the emulation flag
+        native = bool(supported())
+    return ('bfloat16', f'{name} computes bfloat16 natively') if native else \
+        ('float16', f'{name} has no native bfloat16')
 
 
 def needs_float32(x: torch.Tensor) -> bool:

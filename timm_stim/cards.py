@@ -11,7 +11,10 @@ benchmark tables of `## Measured` (`timm_stim.measured`).
 
 `model_card(entry)` is the Hub `README.md` of one tag (`timm-stim-export` writes it): YAML front matter as
 `huggingface_hub.ModelCardData` writes it, timm-style sections, usage that starts with `import timm_stim`, the
-per-depth accuracy / FLOPs table and plot, the training command, ST++-versus-baseline numbers and limitations.
+per-depth accuracy / FLOPs table and plot, the training command, ST++-versus-baseline numbers and limitations. It is
+built from the manifest entry alone: the ST++-versus-baseline numbers are recorded in the entry at release
+(`comparison_record`; `python -m timm_stim.cards --record-comparisons` refreshes every entry's), so an installed
+wheel (no benchmarks/results/) exports the same card as a clone.
 
 ST++-versus-baseline numbers come from any results JSON with a `runs` list, one item per finished training run:
 `{"model": "cifar_resnet20", "dataset": "cifar10", "arm": "off" | "stpp" | ..., "seed": 0, "epochs": 30,
@@ -22,6 +25,7 @@ mean, sample standard deviation, min-max and the number of seeds, for runs of th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -31,9 +35,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from huggingface_hub import EvalResult, ModelCardData
 
 from .measured import measured_blocks
-from .models.weights import GIT_PART_MB, RELEASE_MAX_MB, WHEEL_BUDGET_MB, WHEEL_MAX_MB, WeightsEntry, read_manifest
+from .models.weights import (GIT_PART_MB, RELEASE_MAX_MB, WHEEL_BUDGET_MB, WHEEL_MAX_MB, WeightsEntry, read_manifest,
+                             update_manifest)
 
-__all__ = ['model_card', 'zoo_card', 'load_results', 'arm_stats', 'write_zoo_card', 'card_data']
+__all__ = ['model_card', 'zoo_card', 'load_results', 'arm_stats', 'write_zoo_card', 'card_data',
+           'comparison_record', 'comparison_text', 'record_comparisons']
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOT_NAME = 'depth_robustness.png'
@@ -291,9 +297,27 @@ def depth_table(entry: WeightsEntry) -> str:
     return '\n'.join(rows) + '\n' + note
 
 
-def comparison(entry: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
-    """ST++-versus-baseline table (mean ± sd over seeds) from the results JSON, or an honest 'not measured'."""
-    stats = arm_stats(runs, entry.model, entry.dataset, entry.train_args.get('epochs'))
+def comparison_record(model: str, dataset: str, epochs: Optional[int], runs: Sequence[Dict[str, Any]],
+                      results_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """What a card's ST++-versus-baseline section needs from the results JSON (`runs`), as plain data: per-arm
+    statistics of the architecture and dataset at `epochs` (`arm_stats`), the setback lines, for the headline
+    architecture its comparison lines (`comparisons`), and the results files. `timm-stim-release` stores it in the
+    manifest entry (`comparison`), so that the Hub card is built from the entry alone: an installed wheel, which has
+    no benchmarks/results/, exports the same card as a clone."""
+    record: Dict[str, Any] = dict(arms=arm_stats(runs, model, dataset, epochs),
+                                  setbacks=setbacks(runs, model, dataset, epochs))
+    stats = record['arms']
+    if stats and _base(model) == HEADLINE_RUNS['model'] and dataset == HEADLINE_RUNS['dataset']:
+        stats = _stats_by_schedule(runs, model, dataset)
+        record['headline'] = comparisons(stats, step_costs(results_dir))
+    record['files'] = sorted({f for st in stats.values() for f in st['files']})
+    return record
+
+
+def comparison_text(record: Dict[str, Any]) -> str:
+    """The ST++-versus-baseline section of a `comparison_record` (mean ± sd over seeds), or an honest 'not
+    measured'."""
+    stats = record.get('arms') or {}
     if not stats:
         return ('No seeded ST++-versus-baseline runs of this architecture and dataset are in '
                 '`benchmarks/results/` yet, so this card claims no gain over a baseline.\n')
@@ -311,12 +335,26 @@ def comparison(entry: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
     else:
         text += ('\nNo baseline of this architecture was trained with this schedule, so this card claims no gain '
                  'over a baseline.')
-    text += _setback_block(setbacks(runs, entry.model, entry.dataset, entry.train_args.get('epochs')))
-    if _base(entry.model) == HEADLINE_RUNS['model'] and entry.dataset == HEADLINE_RUNS['dataset']:
-        stats = _stats_by_schedule(runs, entry.model, entry.dataset)
-        text += '\n\n' + '\n'.join(f'- {line}' for line in comparisons(stats, step_costs()))
-    files = sorted({f for st in stats.values() for f in st['files']})
-    return text + f'\n\nSource: `benchmarks/results/{"`, `".join(files)}`.\n'
+    text += _setback_block(record.get('setbacks') or [])
+    if record.get('headline'):
+        text += '\n\n' + '\n'.join(f'- {line}' for line in record['headline'])
+    return text + f'\n\nSource: `benchmarks/results/{"`, `".join(record.get("files") or [])}`.\n'
+
+
+def comparison(entry: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
+    """The ST++-versus-baseline section of `entry` from the results runs as they are now (MODEL_CARD.md)."""
+    return comparison_text(comparison_record(entry.model, entry.dataset, entry.train_args.get('epochs'), runs))
+
+
+def record_comparisons(weights: Optional[Path] = None, results_dir: Optional[Path] = None) -> List[WeightsEntry]:
+    """Store in every manifest entry its `comparison_record` from the results JSON as they are now (what its Hub
+    card shows); `timm-stim-release` records it for each new tag."""
+    runs = load_results(results_dir)
+
+    def change(entries: List[WeightsEntry]) -> Tuple[List[WeightsEntry], Dict[str, bytes]]:
+        return [dataclasses.replace(e, comparison=comparison_record(
+            e.model, e.dataset, e.train_args.get('epochs'), runs, results_dir)) for e in entries], {}
+    return update_manifest(change, weights or ROOT / 'weights')
 
 
 def _paths_note(entry: WeightsEntry) -> str:
@@ -343,8 +381,9 @@ def _training(entry: WeightsEntry) -> str:
             f'tolerance {ev.get("tolerance", "-")} pt).\n')
 
 
-def model_card(entry: WeightsEntry, runs: Sequence[Dict[str, Any]] = (), plot: Optional[str] = PLOT_NAME) -> str:
-    """The Hub README.md of one tag."""
+def model_card(entry: WeightsEntry, plot: Optional[str] = PLOT_NAME) -> str:
+    """The Hub README.md of one tag, from its manifest entry alone (the ST++-versus-baseline numbers are the ones
+    recorded in it at release, `comparison_record`): the same card from an installed wheel and from a clone."""
     top1 = entry.metrics.get('top1')
     intro = (f'# Model card for {entry.name}\n\nA {_base(entry.model)} image classification model trained on '
              f'{_DATASETS.get(entry.dataset, entry.dataset)} {_MODES.get(entry.mode, entry.mode)} by timm-stim, a '
@@ -353,7 +392,8 @@ def model_card(entry: WeightsEntry, runs: Sequence[Dict[str, Any]] = (), plot: O
     if plot and entry.depths:
         depth += f'\n![top-1 against FLOPs per depth configuration]({plot})\n'
     body = '\n'.join([intro, _details(entry), _usage(entry.name), depth, _training(entry),
-                      '## ST++ versus baseline\n' + comparison(entry, runs), '## Limitations\n' + LIMITATIONS + '\n',
+                      '## ST++ versus baseline\n' + comparison_text(entry.comparison),
+                      '## Limitations\n' + LIMITATIONS + '\n',
                       '## Citation\n' + BIBTEX + '\n'])
     return f'---\n{card_data(entry).to_yaml()}\n---\n\n{body}'
 
@@ -666,7 +706,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--output', default=str(ROOT / 'MODEL_CARD.md'))
     p.add_argument('--check', action='store_true', help='exit 1 if the file is stale, write nothing')
     p.add_argument('--readme', default=str(ROOT / 'README.md'), help='README whose zoo table is regenerated')
+    p.add_argument('--record-comparisons', action='store_true',
+                   help="store each manifest entry's ST++-versus-baseline numbers from benchmarks/results/ (what its "
+                        "Hub card shows), then regenerate")
     args = p.parse_args(argv)
+    if args.record_comparisons and not args.check:
+        record_comparisons()
     entries = read_manifest(ROOT / 'weights')
     readme = Path(args.readme).read_text() if Path(args.readme).is_file() else ''
     runs = load_results()

@@ -25,9 +25,11 @@ from timm.task import resume_task_checkpoint
 from timm.utils import CheckpointSaver, load_checkpoint_metadata
 
 from .guards import NonFiniteLossError, nonfinite_tensors
+from .models.weights import load_checkpoint_state_dict, read_torch_file, state_dict_mismatch
 
 __all__ = ['CKPT_EXT', 'CheckpointWriteError', 'StimCheckpointSaver', 'Progress', 'find_resume_checkpoint',
-           'resume_checkpoint', 'restore_progress', 'restore_rng', 'gather_rng_states', 'schedule_diff']
+           'checkpoint_misfit', 'checkpoint_model', 'resume_checkpoint', 'restore_progress', 'restore_rng',
+           'gather_rng_states', 'schedule_diff']
 
 _logger = logging.getLogger('train')
 
@@ -140,16 +142,45 @@ def find_resume_checkpoint(path: str) -> str:
     best, best_step = None, -1
     for c in candidates:
         try:
-            meta = load_checkpoint_metadata(c)
-        except Exception as e:  # a half-written file never replaces a good one, but be safe
-            _logger.warning(f'skipping unreadable checkpoint {c}: {e}')
+            meta = read_torch_file(c, '--resume')
+        except ValueError as e:  # a half-written file never replaces a good one, but be safe
+            _logger.warning(f'skipping it: {e}')
             continue
-        step = int(meta.get('global_step', -1))
+        step = int(meta.get('global_step', -1)) if isinstance(meta, dict) else -1
         if step > best_step:
             best, best_step = c, step
     if best is None:
         raise FileNotFoundError(f'--resume {path}: no last{CKPT_EXT} or recovery-*{CKPT_EXT} checkpoint in it.')
     return best
+
+
+def checkpoint_misfit(path: str, model: nn.Module, model_name: str, flag: str, use_ema: bool = False
+                      ) -> Optional[str]:
+    """Why the checkpoint `path` (given as `flag`) cannot go into `model` (`--model model_name`), in one line that
+    names both models; None when its state dict fits. A truncated file or a refused pickle raises ValueError (one line,
+    `read_torch_file`)."""
+    state_dict = load_checkpoint_state_dict(path, use_ema, what=flag)
+    problem = state_dict_mismatch(model.state_dict(), state_dict)
+    if not problem:
+        return None
+    theirs = checkpoint_model(path)
+    of = f'a checkpoint of {theirs}' if theirs else 'a checkpoint of another architecture'
+    fix = f'pass --model {theirs}' if theirs and theirs != model_name else \
+        'pass the model (and --num-classes) it was trained with'
+    return f'{flag} {path} is {of}, which does not fit --model {model_name} ({problem}): {fix}.'
+
+
+def checkpoint_model(path: str) -> Optional[str]:
+    """The model name a timm / timm-stim train checkpoint records (`arch`, else its args' `model`); None for weights
+    files and state dicts."""
+    if str(path).endswith('.safetensors'):
+        return None
+    ckpt = read_torch_file(path)
+    if not isinstance(ckpt, dict):
+        return None
+    args = ckpt.get('args')
+    args = vars(args) if isinstance(args, argparse.Namespace) else (args if isinstance(args, dict) else {})
+    return ckpt.get('arch') or args.get('model')
 
 
 def schedule_diff(old_args: Optional[argparse.Namespace], args: argparse.Namespace) -> Dict[str, Any]:

@@ -4,7 +4,8 @@ A sub-network's BatchNorm layers see other inputs than the full network's, so ST
 per sub-network (arXiv:2210.04153 §3; arXiv:2305.02507 evaluates sub-networks the same way). A user who loads a
 tag and switches depth has no data step: the release estimates the statistics of each shipped configuration once
 and stores them beside the weights, in `<model>.<tag>.depths.safetensors` (`depth_stats.safetensors` on the Hub),
-sha256-checked like the weights and recorded in the manifest entry's `depth_stats`.
+sha256-checked like the weights and recorded in the manifest entry's `depth_stats`
+(`timm_stim.models.weights.set_depth_stats` writes both, all or nothing).
 
 File layout: one tensor per BatchNorm layer that a configuration runs, named `<d1-d2-...>/<bn name>.mean` and
 `.../<bn name>.var`, and one metadata key `timm_stim` holding JSON: `format`, `model`, `configs`, the measured
@@ -23,10 +24,9 @@ import torch.nn as nn
 from .atomic import atomic_path
 from .elastic import BNStats, Depths, attach_depth_stats, recalibrate_bn, stats_table
 
-__all__ = ['FORMAT', 'HUB_FILENAME', 'config_key', 'estimate', 'save', 'load', 'sidecar_name', 'resolve', 'load_into']
+__all__ = ['FORMAT', 'config_key', 'estimate', 'to_bytes', 'save', 'load', 'resolve', 'load_into']
 
 FORMAT = 'timm-stim-depth-stats/1'
-HUB_FILENAME = 'depth_stats.safetensors'
 
 
 def config_key(depths: Sequence[int]) -> str:
@@ -43,9 +43,9 @@ def estimate(model: nn.Module, batches: Any, configs: Sequence[Sequence[int]], n
     return {tuple(d): table[tuple(d)] for d in configs if tuple(d) in table}
 
 
-def save(path: Union[str, Path], table: Mapping[Sequence[int], BNStats], info: Mapping[str, Any]) -> Path:
-    """Write `table` (configuration -> BN name -> (mean, var)) and `info` (JSON-able) atomically."""
-    from safetensors.torch import save_file
+def to_bytes(table: Mapping[Sequence[int], BNStats], info: Mapping[str, Any]) -> bytes:
+    """The safetensors bytes of `table` (configuration -> BN name -> (mean, var)) and `info` (JSON-able)."""
+    from safetensors.torch import save
     tensors = {}
     for depths, bns in table.items():
         key = config_key(depths)
@@ -53,9 +53,15 @@ def save(path: Union[str, Path], table: Mapping[Sequence[int], BNStats], info: M
             tensors[f'{key}/{name}.mean'] = mean.detach().float().cpu().contiguous()
             tensors[f'{key}/{name}.var'] = var.detach().float().cpu().contiguous()
     meta = dict(info, format=FORMAT, configs=[list(map(int, d)) for d in table])
+    return save(tensors, metadata={'timm_stim': json.dumps(meta, sort_keys=True)})
+
+
+def save(path: Union[str, Path], table: Mapping[Sequence[int], BNStats], info: Mapping[str, Any]) -> Path:
+    """Write `to_bytes(table, info)` to `path` atomically (mode 0644). A tag's file is written by
+    `timm_stim.models.weights.set_depth_stats`, which also switches its manifest entry."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={'timm_stim': json.dumps(meta, sort_keys=True)})
+        tmp.write_bytes(to_bytes(table, info))
     path.chmod(0o644)
     return path
 
@@ -78,34 +84,15 @@ def load(path: Union[str, Path]) -> Tuple[Dict[Depths, BNStats], Dict[str, Any]]
     return {d: {n: (v[0], v[1]) for n, v in bns.items()} for d, bns in table.items()}, info
 
 
-def sidecar_name(weights_file: str) -> str:
-    """`[hub/]x.safetensors` -> `x.depths.safetensors`: top level of the weights directory, so that it ships in the
-    wheel and git even when the weights file itself lives under `hub/` (it stays within ~10 % of the weights)."""
-    return Path(weights_file).name[:-len('.safetensors')] + '.depths.safetensors'
-
-
 def resolve(entry: Any, directory: Optional[Union[str, Path]] = None, cache_dir: Optional[Union[str, Path]] = None
             ) -> Path:
-    """The verified local path of `entry`'s statistics file: the weights directory's, else the Hub copy."""
-    from .models.weights import _dir, hub_offline, sha256_file
-    info = entry.depth_stats
-    local = _dir(directory) / info['file']
-    if local.is_file():
-        path = local
-    else:
-        try:
-            from huggingface_hub import hf_hub_download
-            path = Path(hf_hub_download(entry.hub_repo, info.get('hf_hub_filename', HUB_FILENAME),
-                                        revision=entry.hub_revision, cache_dir=cache_dir,
-                                        local_files_only=hub_offline()))
-        except Exception as e:
-            raise FileNotFoundError(f'depth statistics of {entry.name}: no local file {local} and no Hub copy '
-                                    f'({type(e).__name__}: {e}).') from e
-    digest = sha256_file(path)
-    if digest != info['sha256']:
-        raise ValueError(f'depth statistics file {path} of {entry.name} has sha256 {digest}, the manifest records '
-                         f'{info["sha256"]}: corrupt or not the one listed. Delete it and fetch it again.')
-    return path
+    """The verified local path of `entry`'s statistics file: the weights directory's, else the Hub copy (sha256
+    checked; `timm_stim.models.weights.resolve_depth_stats`)."""
+    from .models.weights import resolve_depth_stats
+    path = resolve_depth_stats(entry, directory, cache_dir)
+    if path is None:
+        raise FileNotFoundError(f'{entry.name} ships no depth statistics.')
+    return Path(path)
 
 
 def load_into(model: nn.Module, entry: Any, directory: Optional[Union[str, Path]] = None) -> nn.Module:

@@ -6,10 +6,12 @@
     HF_TOKEN=... timm-stim-push cifar_resnet20_stim.stpp_cifar10 --private
 
 Export writes `model.safetensors` (the released file, byte for byte, so the manifest's sha256 holds for the Hub
-copy), `config.json` through timm's `save_for_hf` (the tag's `pretrained_cfg`: description, input size,
-mean / std, label names), a generated `README.md` card (`timm_stim.cards`), the per-depth plot and
-`robustness.json`, plus the run's `summary.csv` and `args.yaml` when the run directory is at hand. The folder loads
-with `timm.create_model('local-dir:OUT')` after `import timm_stim`.
+copy) and every sidecar of the tag (`depth_stats.safetensors`: per-depth BN statistics), `config.json` through
+timm's `save_for_hf` (the tag's `pretrained_cfg`: description, input size, mean / std, label names), a generated
+`README.md` card (`timm_stim.cards`, from the manifest entry alone), the per-depth plot and `robustness.json`, plus
+the run's `summary.csv` and `args.yaml` when the run directory is at hand; every file mode 0644. It refuses a folder
+that already holds files (`--overwrite` replaces them) or that cannot be written. The folder loads with
+`timm.create_model('local-dir:OUT')` after `import timm_stim`.
 
 Push: `create_repo` and one `upload_folder` commit (the Hub applies a commit whole, or not at all); token from
 `--token`, `HF_TOKEN` or `hf auth login`. On success the Hub commit is pinned in the manifest's `hf_hub_id`
@@ -19,17 +21,20 @@ untouched and a repository this push created is deleted again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .cards import PLOT_NAME, load_results, model_card
-from .models.weights import WeightsEntry, entry_cfg, read_manifest, resolve_file, weights_dir, write_manifest
+from .cards import PLOT_NAME, model_card
+from .models.weights import (WeightsEntry, entry_cfg, hub_unreachable, read_manifest, resolve_depth_stats,
+                             resolve_file, update_manifest, weights_dir)
 from .validate import plot_robustness
 
 __all__ = ['export', 'push', 'find_released', 'PushError', 'export_cli', 'push_cli']
@@ -60,29 +65,54 @@ def _run_dir(entry: WeightsEntry, run_dir: Optional[Path]) -> Optional[Path]:
 
 
 def export(name: str, out_dir: Path, directory: Optional[Path] = None, run_dir: Optional[Path] = None,
-           results_dir: Optional[Path] = None) -> List[Path]:
-    """Write the Hub folder of tag `name` into `out_dir`; returns the files written."""
+           overwrite: bool = False) -> List[Path]:
+    """Write the Hub folder of tag `name` into `out_dir`; returns the files written. A folder that is not empty is
+    refused (ValueError, nothing written) unless `overwrite`; so is one that cannot be written."""
     import timm
     from timm.models import save_for_hf
+    out_dir = Path(out_dir)
     entry = find_released(name, directory)
+    _check_out_dir(out_dir, overwrite)
     weights = resolve_file(entry, directory)  # verified (sha256) local file or pinned Hub copy
+    depth_stats = resolve_depth_stats(entry, directory)
     overlay = dict(entry_cfg(entry), file=str(weights), tag=entry.tag)  # works whatever this process registered
     model = timm.create_model(entry.model, pretrained=True, num_classes=entry.num_classes,
                               pretrained_cfg_overlay=overlay)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     save_for_hf(model, str(out_dir), model_config=dict(label_names=entry.label_names) if entry.label_names else None,
                 safe_serialization=True)
-    shutil.copyfile(weights, out_dir / 'model.safetensors')  # the released bytes, not a re-serialisation
+    written = [out_dir / n for n in ('config.json', 'README.md', 'robustness.json')]
+    for src, stored in zip([weights, depth_stats], entry.stored()):  # the released bytes, not a re-serialisation
+        shutil.copyfile(src, out_dir / stored.hub_filename)
+        written.append(out_dir / stored.hub_filename)
     _fix_config(out_dir / 'config.json', entry)
     plot = plot_robustness(entry.depths, str(out_dir / PLOT_NAME), f'{entry.name}: top-1 per depth') \
         if entry.depths else None
-    (out_dir / 'README.md').write_text(model_card(entry, load_results(results_dir), PLOT_NAME if plot else None))
+    (out_dir / 'README.md').write_text(model_card(entry, PLOT_NAME if plot else None))
     (out_dir / 'robustness.json').write_text(json.dumps(dict(
         model=entry.model, tag=entry.tag, evaluation=entry.evaluation, metrics=entry.metrics,
         results=entry.depths), indent=2) + '\n')
-    _copy_run_files(_run_dir(entry, run_dir), out_dir)
+    written += [Path(plot)] if plot else []
+    written += _copy_run_files(_run_dir(entry, run_dir), out_dir)
+    for path in written:
+        os.chmod(path, 0o644)  # readable by all, as the released files (safetensors writes 0600)
     return sorted(p for p in out_dir.iterdir() if p.is_file())
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an export folder with files in it (unless `overwrite`) or one this process cannot write."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f'{out_dir} is a file, not a folder: name a new folder to export into.')
+    present = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if present and not overwrite:
+        raise ValueError(f'{out_dir} is not empty ({", ".join(present[:4])}{", ..." if len(present) > 4 else ""}): '
+                         f'export writes README.md, config.json, model.safetensors and more there; name a new or '
+                         f'empty folder, or pass --overwrite to replace those files.')
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise ValueError(f'cannot write into {out_dir} ({e.strerror or e}): name a writable folder.') from None
 
 
 def _fix_config(path: Path, entry: WeightsEntry) -> None:
@@ -92,13 +122,15 @@ def _fix_config(path: Path, entry: WeightsEntry) -> None:
     path.write_text(json.dumps(cfg, indent=2) + '\n')
 
 
-def _copy_run_files(run_dir: Optional[Path], out_dir: Path) -> None:
+def _copy_run_files(run_dir: Optional[Path], out_dir: Path) -> List[Path]:
+    copied = []
     for name in RUN_FILES:
         src = run_dir / name if run_dir is not None else None
         if src is not None and src.is_file():
-            shutil.copyfile(src, out_dir / name)
+            copied.append(Path(shutil.copyfile(src, out_dir / name)))
         else:
             _logger.warning(f'{name} not attached: no run directory with it ({run_dir}); pass --run-dir.')
+    return copied
 
 
 # ------------------------------------------------------------------------------------------------- push
@@ -136,9 +168,8 @@ def push(
         commit = _upload(api, _token(token), repo_id, Path(tmp) / 'folder', private, revision,
                          commit_message or f'Release {entry.name} (timm-stim, sha256 {entry.sha256[:12]})')
     pinned = f'{repo_id}@{commit}'
-    entries = [WeightsEntry(**{**e.__dict__, 'hf_hub_id': pinned}) if e.name == entry.name else e
-               for e in read_manifest(directory)]
-    write_manifest(entries, directory)
+    update_manifest(lambda entries: ([dataclasses.replace(e, hf_hub_id=pinned) if e.name == entry.name else e
+                                      for e in entries], {}), directory)
     return dict(repo_id=repo_id, files=listing, commit=commit, hf_hub_id=pinned)
 
 
@@ -160,14 +191,35 @@ def _upload(api, token: str, repo_id: str, folder: Path, private: bool, revision
                 api.delete_repo(repo_id, token=token)
             except Exception as cleanup:  # report both; the original error matters most
                 _logger.warning(f'could not delete the repository {repo_id} created by this push: {cleanup}')
-        raise PushError(f'push of {repo_id} failed, nothing was published ({_why(e)}): {e}') from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PushError(f'push of {repo_id} failed, nothing was published ({_why(e)}): {first}') from e
     return info.oid
 
 
-def _why(e: Exception) -> str:
-    text = f'{type(e).__name__} {e}'.lower()
-    if any(k in text for k in ('connection', 'offline', 'resolve', 'timed out', 'timeout', 'network')):
-        return 'no network'
+_NETWORK_ERRORS = ('ConnectError', 'ConnectTimeout', 'ConnectionError', 'NetworkError', 'ProxyError', 'Timeout',
+                   'TimeoutException', 'ReadTimeout', 'NameResolutionError', 'MaxRetryError', 'OfflineModeIsEnabled')
+
+
+def _why(e: BaseException) -> str:
+    """The cause of a failed push in a few words: no network (naming DNS or the connection), a rejected token, or a
+    rejected upload."""
+    chain, link = [], e
+    while link is not None and link not in chain:  # the error and what caused it (httpx -> httpcore -> socket)
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    dns = next((c for c in chain if isinstance(c, socket.gaierror)), None)
+    network = dns or next((c for c in chain if isinstance(c, (ConnectionError, TimeoutError, socket.timeout))
+                           or type(c).__name__ in _NETWORK_ERRORS), None)
+    text = ' '.join(f'{type(c).__name__} {c}' for c in chain).lower()
+    if network is None and any(k in text for k in ('failed to resolve', 'name or service not known',
+                                                   'connection refused', 'network is unreachable', 'timed out')):
+        network = e
+    if network is not None:
+        probe = hub_unreachable()  # names the host and the failing step, as seen now
+        if probe:
+            return f'no network: {probe}'
+        what = 'DNS lookup failed' if dns is not None else f'{type(network).__name__}'
+        return f'no network: {what} ({(str(network).strip().splitlines() or [""])[0]})'
     if any(k in text for k in ('401', '403', 'unauthorized', 'forbidden', 'token')):
         return 'the Hub rejected the token'
     return 'the Hub rejected the upload'
@@ -181,10 +233,12 @@ def export_cli(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument('out_dir', metavar='OUT_DIR')
     p.add_argument('--run-dir', default=None, help='training run directory (summary.csv, args.yaml)')
     p.add_argument('--weights-dir', default=None)
+    p.add_argument('--overwrite', action='store_true', help='export into a folder that already holds files '
+                                                            '(replacing those of the same names)')
     args = p.parse_args(argv)
     try:
-        files = export(args.name, Path(args.out_dir), args.weights_dir, args.run_dir)
-    except (ValueError, FileNotFoundError) as e:
+        files = export(args.name, Path(args.out_dir), args.weights_dir, args.run_dir, args.overwrite)
+    except (ValueError, OSError) as e:
         print(f'timm-stim-export: error: {e}', file=sys.stderr)
         raise SystemExit(2)
     print('\n'.join(str(f) for f in files))

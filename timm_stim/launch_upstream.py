@@ -15,7 +15,8 @@ process: `import timm_stim` (registers the `*_stim` models, which upstream valid
 has no --device-modules flag) and `timm.task.ClassificationTask` replaced by a `StimulativeTrainer` subclass
 carrying the --stim-* knobs (upstream train.py binds the name with `from timm.task import ...` when it runs).
 The --stim-* flags go before `--`; everything else goes to the upstream script unchanged. Distillation
-(train.py --kd-model-name) keeps upstream's own tasks, without ST. validate.py ignores the --stim-* knobs.
+(train.py --kd-model-name) keeps upstream's own tasks, without ST: the launcher warns. validate.py ignores the
+--stim-* knobs. Upstream defaults to --device cuda: on a CPU pass `--device cpu` after `--`.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .trainer import StimConfig, StimulativeTrainer, add_stim_args
 
-__all__ = ['main', 'split_stim_args', 'stim_task_class']
+__all__ = ['main', 'split_stim_args', 'stim_task_class', 'kd_warning']
 
 _PROG = 'timm-stim-launch-upstream'
 
@@ -63,6 +64,22 @@ def split_stim_args(argv: Sequence[str]) -> Tuple[StimConfig, List[str]]:
     return StimConfig.from_args(ns), rest + theirs
 
 
+def kd_warning(argv: Sequence[str]) -> Optional[str]:
+    """The launcher's one-line warning for upstream train.py's distillation, given the launcher's arguments after
+    the script: with `--kd-model-name` (or a prefix argparse accepts) upstream builds its own KD task in place of
+    `ClassificationTask`, so the `StimulativeTrainer` never runs and the --stim-* flags are ignored. None without
+    it."""
+    argv = list(argv)
+    names = [a.split('=', 1)[0] for a in argv]
+    kd = next((n for n in names if len(n) >= len('--kd-m') and '--kd-model-name'.startswith(n)), None)
+    if kd is None:
+        return None
+    given = sorted({n for n in names[:argv.index('--') if '--' in argv else len(argv)] if n.startswith('--stim-')})
+    ignored = f'{", ".join(given)} ignored' if given else 'the --stim-* defaults ignored'
+    return (f'{_PROG}: warning: {kd} makes upstream train.py build its own distillation task in place of the '
+            f'StimulativeTrainer, so this run trains WITHOUT ST ({ignored}); drop {kd} to train with ST.')
+
+
 def stim_task_class(stim: Union[StimConfig, Dict[str, Any]]) -> type:
     """A `ClassificationTask`-signature class that builds `StimulativeTrainer(..., stim=stim)`."""
     cfg = stim if isinstance(stim, StimConfig) else StimConfig(**stim)
@@ -86,6 +103,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _stim_parser().error(f'upstream script not found: {script} (the first argument is the path of upstream '
                              f"timm's train.py or validate.py)")
     stim, upstream_argv = split_stim_args(rest)
+    warning = kd_warning(rest)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
     import timm.task
     import timm_stim  # noqa: F401  (registers the *_stim models for upstream's create_model)

@@ -18,8 +18,8 @@ from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
 from .data import (ImageTensors, TensorLoader, TransformSubset, dataset_targets, fits_fast_path, load_image_tensors,
                    subset_indices)
 
-__all__ = ['Loaders', 'SeededLoader', 'check_data_dir', 'create_train_loaders', 'create_split_loader',
-           'recalib_batches', 'mixup_args']
+__all__ = ['Loaders', 'SeededLoader', 'check_data_dir', 'check_class_folders', 'create_train_loaders',
+           'create_split_loader', 'recalib_batches', 'mixup_args']
 
 _logger = logging.getLogger(__name__)
 
@@ -49,6 +49,37 @@ def check_data_dir(args: argparse.Namespace) -> None:
     if not any(files for _, _, files in os.walk(args.data_dir, followlinks=True)):
         raise FileNotFoundError(f'data directory {args.data_dir} holds no files: pass --data-dir pointing at a folder '
                                 f'with train/ and val/ class folders (or --dataset torch/cifar10 --dataset-download).')
+    if not args.dataset and not args.class_map:
+        for split in sorted({getattr(args, k, None) for k in ('train_split', 'val_split', 'split')} - {None, ''}):
+            check_class_folders(args.data_dir, split)
+
+
+_WARNED_ONE_CLASS = set()
+
+
+def check_class_folders(data_dir: str, split: str) -> None:
+    """The class folders of an image-folder split as timm reads it (`data_dir/<split>/<class>/...`): refuse one that
+    holds no image (ValueError) -- timm numbers the classes by the folders that hold images, so every class after
+    it would get another index than in the other split and in the model's head -- and warn about a split with one
+    class (a 1-class problem any head gets 100 % on)."""
+    from timm.data.dataset_factory import _search_split
+    from timm.data.readers.img_extensions import get_img_extensions
+    root = _search_split(data_dir, split)
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith('.')) \
+        if os.path.isdir(root) else []  # hidden folders (.ipynb_checkpoints): tools', not classes
+    exts = get_img_extensions(as_set=True)
+    empty = [c for c in classes if not any(os.path.splitext(f)[1].lower() in exts for _, _, files in
+                                           os.walk(os.path.join(root, c), followlinks=True) for f in files)]
+    if empty and len(empty) < len(classes):
+        raise ValueError(f'class folder{"s" if len(empty) > 1 else ""} {", ".join(empty[:5])} under {root} hold'
+                         f'{"" if len(empty) > 1 else "s"} no image: timm numbers the classes by the folders that hold '
+                         f'images, so every class after {empty[0]!r} would get another index than in the other '
+                         f'split and the model\'s head. Add its images or remove the folder (or pass --class-map).')
+    if len(classes) == 1 and root not in _WARNED_ONE_CLASS:
+        _WARNED_ONE_CLASS.add(root)
+        _logger.warning(f'{root} holds one class folder ({classes[0]}): every image has the same label, so a model '
+                        f'learns nothing from it and a top-1 on it says nothing; --data-dir should hold one folder '
+                        f'per class.')
 
 
 def mixup_args(args: argparse.Namespace) -> Dict[str, Any]:

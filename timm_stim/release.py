@@ -21,7 +21,12 @@ What a maintainer would do, in order, stopping with one clear line (and writing 
    a file that would push the wheel's weights over their budget is refused at step 2 (before the evaluation);
    `--out-of-wheel` stores it under `weights/hub/` whatever its size (for non-default tags);
 6. write the weights and the manifest entry (sha256, size, dataset, input size, recipe from `args.yaml`, the
-   training command, commit, measured numbers).
+   training command, commit, measured numbers, and the ST++-versus-baseline numbers of `benchmarks/results/` that
+   the Hub card shows), all or nothing under the manifest lock (`timm_stim.models.weights.update_manifest`): a
+   re-release stores new bytes under new names and switches the manifest in one rename, so a kill at any moment
+   leaves the old tag loadable.
+
+`--tag` follows timm's tag grammar (letters, digits, `_`), checked before anything is read.
 """
 from __future__ import annotations
 
@@ -40,13 +45,14 @@ import torch.nn as nn
 import yaml
 from timm import utils
 
+from .cards import comparison_record, load_results
 from .data import run_data_configs
 from .depth import valid_depths
 from .models import CIFAR_ARCHS, STIM_BASES
 from .models import weights as W
-from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, check_release_size,
-                             check_wheel_budget, load_checkpoint_state_dict, read_manifest, state_dict_nbytes,
-                             weights_dir, write_weights)
+from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, check_name, check_release_size,
+                             check_wheel_budget, load_checkpoint_state_dict, read_manifest, read_torch_file,
+                             state_dict_nbytes, weights_dir, write_weights)
 from .summary import precision_launches
 from .train import _non_negative_int, _positive_int, build_parser as train_parser
 from .loaders import create_split_loader
@@ -70,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='timm-stim-release', description='Release a training run as a weights tag.',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('run', metavar='RUN', help='training run directory or checkpoint file (.pth.tar / .safetensors)')
-    p.add_argument('--tag', required=True, help='pretrained tag, e.g. stpp_cifar10 (weights: <model>.<tag>)')
+    p.add_argument('--tag', required=True, type=_tag,
+                   help='pretrained tag, e.g. stpp_cifar10 (weights: <model>.<tag>; letters, digits and _)')
     p.add_argument('--model', default=None, help='model name (default: the run\'s model; timm names map to '
                                                  '<name>_stim)')
     p.add_argument('--checkpoint', default='last', metavar='last|best|FILE',
@@ -111,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tag(text: str) -> str:
+    """An argparse type: a tag of timm's grammar (checked before anything is read; it also names files)."""
+    try:
+        return check_name('tag', text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 # --------------------------------------------------------------------------------------------- the run
 def resolve_checkpoint(run: str, which: str) -> Tuple[Path, Optional[Path]]:
     """(checkpoint file, run directory or None)."""
@@ -141,8 +156,10 @@ def check_default_is_stim(model: str, tag: str, mode: str, default: bool, direct
 def _load_meta(ckpt: Path) -> Dict[str, Any]:
     if ckpt.suffix == '.safetensors':
         return {}
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        meta = torch.load(ckpt, map_location='cpu', weights_only=True, mmap=True)
+    try:
+        meta = read_torch_file(ckpt)
+    except ValueError as e:  # truncated, or a pickle refused: one line
+        raise ReleaseError(str(e)) from None
     return {k: v for k, v in meta.items() if k in ('epoch', 'args', 'metric', 'loader')} \
         if isinstance(meta, dict) else {}
 
@@ -404,15 +421,19 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     # the literal command line, when the run recorded it (a resumed process's, less its --resume)
     command = without_resume(args['command']) if args.get('command') else command
     launches = {'precision_launches': lines} if (lines := precision_launches(run_dir)) else {}
+    dataset = opts.dataset_name or _dataset_name(data_args)
+    train_args = dict(changed, stim_mode=args.get('stim_mode', 'stpp'), **launches)
     info = dict(
-        dataset=opts.dataset_name or _dataset_name(data_args), recipe=args.get('config') or '', command=command,
+        dataset=dataset, recipe=args.get('config') or '', command=command,
         metrics=dict(top1=round(measured['top1'], 3), top5=round(measured['top5'], 3)), license='apache-2.0',
         input_size=list(data_config['input_size']), mean=list(data_config['mean']), std=list(data_config['std']),
         crop_pct=data_config['crop_pct'], interpolation=data_config['interpolation'],
         label_names=list(getattr(getattr(loader, 'dataset', None), 'classes', None) or []) or None,
         commit=args.get('git_commit') or source_commit(),
         source=f'{ckpt} ({"state_dict_ema" if weights == "ema" else "state_dict"})',
-        train_args=dict(changed, stim_mode=args.get('stim_mode', 'stpp'), **launches), depths=depths,
+        train_args=train_args, depths=depths,
+        # what the Hub card needs from benchmarks/results/, as it stands now: the card is built from the entry alone
+        comparison=comparison_record(model_name, dataset, train_args.get('epochs'), load_results()),
         stats=model_stats(model.cpu(), data_config['input_size'], full['flops']),
         evaluation=dict(split=split, num_images=_num_images(loader), precision='float32',
                         logged_top1=logged, tolerance=opts.tolerance, bn_recalib=opts.bn_recalib,

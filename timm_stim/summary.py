@@ -26,7 +26,8 @@ _logger = logging.getLogger('train')
 def write_args_yaml(output_dir: str, args: argparse.Namespace, argv: Sequence[str],
                     data_config: Optional[dict] = None) -> None:
     """Every flag's value, plus the literal command, the code's commit (what `timm-stim-release` reads) and the
-    resolved data configs (`data_config: {train: ..., eval: ...}`: input sizes, crop_pct, interpolation, mean, std)."""
+    resolved data configs (`data_config: {train: ..., eval: ...}`: input sizes, crop_pct, interpolation, mean, std).
+    `timm-stim-train` adds `precision`, what `--amp` / `--amp-dtype` resolved to (`auto` chooses by device)."""
     extra = {'data_config': data_config} if data_config else {}
     with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
         yaml.safe_dump({**{k: v for k, v in vars(args).items() if not isinstance(v, torch.device)},
@@ -85,12 +86,14 @@ def truncate_summary(path: str, start_epoch: int) -> None:
         csv.writer(f).writerows(keep)
 
 
-def record_launch(output_dir: Union[str, Path], epoch: int, batch: int, precision: str, device: str) -> str:
+def record_launch(output_dir: Union[str, Path], epoch: int, batch: int, precision: str, device: str,
+                  note: str = '') -> str:
     """Append this launch to the run's `precision.txt`: from which epoch (and step), in which precision, on which
-    device. A run resumed on another machine may change precision (float32 where a CPU lacks bfloat16
-    instructions), and its recorded command shows only the last launch's flags. Returns the line."""
+    device, and a `note` in parentheses (e.g. '--amp-dtype auto': the precision was chosen by device). A run
+    resumed on another machine may change precision (float32 where a CPU lacks bfloat16 instructions), and its
+    recorded command shows only the last launch's flags. Returns the line."""
     start = f'epoch {epoch}' + (f' step {batch}' if batch else '')
-    line = f'{time.strftime("%F %T")} {start}: {precision} on {device}'
+    line = f'{time.strftime("%F %T")} {start}: {precision} on {device}' + (f' ({note})' if note else '')
     with open(Path(output_dir) / PRECISION_LOG, 'a') as f:
         f.write(line + '\n')
     return line

@@ -26,6 +26,7 @@ import argparse
 import difflib
 import importlib
 import logging
+import math
 import os
 import sys
 import time
@@ -51,9 +52,10 @@ from timm.utils import NativeScaler
 from timm.utils.model import unwrap_model
 
 import timm_stim  # noqa: F401  (registers the *_stim models)
-from .bf16_conv import cpu_name, native_cpu_bfloat16
-from .checkpoint import (CKPT_EXT, CheckpointWriteError, Progress, StimCheckpointSaver, find_resume_checkpoint,
-                         gather_rng_states, restore_progress, restore_rng, restore_saver, resume_checkpoint)
+from .bf16_conv import auto_precision, cpu_name, native_cpu_bfloat16
+from .checkpoint import (CKPT_EXT, CheckpointWriteError, Progress, StimCheckpointSaver, checkpoint_misfit,
+                         find_resume_checkpoint, gather_rng_states, restore_progress, restore_rng, restore_saver,
+                         resume_checkpoint)
 from .data import run_data_configs
 from .depth import compile_blocks, find_stages
 from .evaluation import evaluate
@@ -155,7 +157,10 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     g.add_argument('--amp', action=argparse.BooleanOptionalAction, default=False,
                    help='mixed precision (autocast with --amp-dtype); --no-amp overrides a config file that sets it')
-    g.add_argument('--amp-dtype', default='float16', choices=('float16', 'bfloat16'))
+    g.add_argument('--amp-dtype', default='float16', choices=('float16', 'bfloat16', 'auto'),
+                   help='the autocast dtype of --amp; auto: bfloat16 on a CPU with bfloat16 instructions (AVX-512 '
+                        'BF16 or AMX), float32 (no autocast) on one without, bfloat16 else float16 on CUDA '
+                        '(logged, and recorded as `precision` in args.yaml and in precision.txt)')
     g.add_argument('--no-ddp-bb', action='store_true', help='no DDP buffer broadcast')
     g.add_argument('--local_rank', '--local-rank', default=0, type=int)
     g.add_argument('--device-modules', default=None, type=str, nargs='+')
@@ -339,6 +344,10 @@ def _check_flag_combinations(parser: argparse.ArgumentParser, args: argparse.Nam
                      f'baseline, no sub-network)')
     if (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax) and args.batch_size % 2:
         parser.error('mixup / cutmix need an even --batch-size')
+    for flag in ('stim_weight', 'stim_temp', 'stim_amplitude', 'stim_min_scale'):
+        value = getattr(args, flag, None)
+        if value is not None and not math.isfinite(value):
+            parser.error(f'--{flag.replace("_", "-")} {value}: must be a finite number')
 
 
 def _check_eval_size(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -503,20 +512,27 @@ def _create_model(args: argparse.Namespace, device: torch.device):
 
 
 def _precision(args: argparse.Namespace) -> str:
-    """The precision the training step runs in: float32, or the autocast dtype (the one reading of --amp flags)."""
-    return args.amp_dtype if args.amp else 'float32'
+    """The precision the training step runs in: float32, or the autocast dtype (the one reading of --amp flags);
+    after `_amp`, `--amp-dtype auto` reads as what it chose (`args.precision`)."""
+    return 'float32' if not args.amp else getattr(args, 'precision', None) or args.amp_dtype
 
 
 def _amp(args: argparse.Namespace, device: torch.device):
-    """timm's AMP set-up: an autocast context, and a loss scaler for float16 on CUDA."""
-    precision = _precision(args)
+    """timm's AMP set-up: an autocast context, and a loss scaler for float16 on CUDA. `--amp-dtype auto` chooses by
+    device (`auto_precision`) and logs why; the precision is kept as `args.precision` (args.yaml records it)."""
+    precision = args.amp_dtype if args.amp else 'float32'
+    if precision == 'auto':
+        precision, why = auto_precision(device)
+        if getattr(args, 'rank', 0) == 0:
+            _logger.info(f'Precision: {precision} (--amp-dtype auto: {why}).')
+    args.precision = precision
     if precision == 'float32':
         return nullcontext, None
     amp_dtype = torch.bfloat16 if precision == 'bfloat16' else torch.float16
     if device.type == 'cpu' and amp_dtype == torch.bfloat16 and not native_cpu_bfloat16():
         _logger.warning(f'--amp-dtype bfloat16 on {cpu_name()}: this CPU has no bfloat16 instructions (AVX-512 BF16 '
                         f'or AMX), so autocast emulates them and trains many times slower than float32. Pass '
-                        f'--no-amp here (it changes the speed, not the recipe).')
+                        f'--no-amp, or --amp-dtype auto to choose by CPU (it changes the speed, not the recipe).')
     scaler = NativeScaler(device=device.type) if device.type == 'cuda' and amp_dtype == torch.float16 else None
     return partial(torch.autocast, device_type=device.type, dtype=amp_dtype), scaler
 
@@ -588,7 +604,7 @@ def _open_output(state: RunState, ckpt, resume_path: Optional[str]) -> None:
     write_args_yaml(state.output_dir, args, args.argv, data_config=state.data_config)
     truncate_summary(os.path.join(state.output_dir, 'summary.csv'), state.progress.epoch)
     record_launch(state.output_dir, state.progress.epoch, state.progress.batch, _precision(args),
-                  _device_name(state.device))
+                  _device_name(state.device), note='--amp-dtype auto' if args.amp and args.amp_dtype == 'auto' else '')
 
 
 def build_run(args: argparse.Namespace) -> RunState:
@@ -605,6 +621,10 @@ def build_run(args: argparse.Namespace) -> RunState:
     utils.random_seed(args.seed, args.rank)
 
     model, data_config, eval_config = _create_model(args, device)
+    resume_path = find_resume_checkpoint(args.resume) if args.resume else None
+    problem = checkpoint_misfit(resume_path, model, args.model, '--resume') if resume_path else None
+    if problem:  # before any data is read; a truncated file or a refused pickle raised already
+        raise ValueError(problem)
     amp_autocast, loss_scaler = _amp(args, device)
     task = _create_task(args, model, device)
     conflicts = fast_path_conflicts(args) if args.fast_data is None else []
@@ -613,7 +633,6 @@ def build_run(args: argparse.Namespace) -> RunState:
         _logger.info(f'Data: {loaders.path} path, {len(loaders.train)} batches/epoch of {args.batch_size} x '
                      f'{args.world_size} process(es); {_sizes_text(data_config, eval_config)}.')
     optimizer = _create_optimizer(args, model)
-    resume_path = find_resume_checkpoint(args.resume) if args.resume else None
     ckpt = resume_checkpoint(resume_path, task, model, optimizer, loss_scaler, args) if resume_path else None
     eval_model = _prepare_model(args, task, model, device, ckpt)
 

@@ -34,6 +34,7 @@ from timm.utils import load_checkpoint_metadata
 
 import timm_stim  # noqa: F401  (registers the *_stim models)
 from .atomic import atomic_write_text
+from .checkpoint import checkpoint_misfit
 from .data import data_config_at, run_data_configs
 from .depth import check_depths, find_stages, full_depths, recalibrate_bn, subnetwork, valid_depths
 from .elastic import depth_profile
@@ -210,7 +211,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = _parse_args(argv)
     try:
         return _run(args, argv)
-    except FileNotFoundError as e:  # missing data: a message, not a traceback
+    except (FileNotFoundError, ValueError) as e:  # missing data, a checkpoint that does not fit: one line
+        if os.environ.get('TIMM_STIM_TRACEBACK'):
+            raise
         print(f'timm-stim-validate: error: {e}', file=sys.stderr)
         raise SystemExit(2)
 
@@ -267,13 +270,20 @@ def _run(args, argv) -> Dict[str, Any]:
     model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, in_chans=in_chans,
                          **args.model_kwargs)
     if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
+        _load_checked(model, args)
     train_config, data_config = run_data_configs(vars(args), model, in_chans, verbose=True)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    if args.depths is not None:
-        check_depths(find_stages(model), args.depths)  # clear error before any data is read
+    if args.depths is not None or args.robustness:  # clear errors before any data is read
+        try:
+            stages = find_stages(model)
+        except TypeError as e:
+            flag = '--robustness' if args.robustness else '--depths'
+            raise ValueError(f'{flag} needs a residual network whose blocks can be skipped; --model {args.model}: '
+                             f'{e}') from None
+        if args.depths is not None:
+            check_depths(stages, args.depths)
     amp_autocast = nullcontext
     if args.amp:
         amp_autocast = partial(torch.autocast, device_type=device.type,
@@ -314,6 +324,18 @@ def _run(args, argv) -> Dict[str, Any]:
         _write_json(args.results_file, result)
     print(f'--result\n{json.dumps(rows if args.robustness else rows[0], indent=2)}')
     return result
+
+
+def _load_checked(model: nn.Module, args: argparse.Namespace) -> None:
+    """timm's `load_checkpoint` of --checkpoint; a file that cannot be read or does not fit --model is a ValueError
+    in one line naming both models (`checkpoint_misfit`), not a traceback."""
+    try:
+        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
+    except Exception:  # noqa: BLE001  (torch / timm / safetensors errors: say what is wrong instead)
+        problem = checkpoint_misfit(args.checkpoint, model, args.model, '--checkpoint', args.use_ema)
+        if problem is None:
+            raise
+        raise ValueError(problem) from None
 
 
 def _write_json(path: str, obj: Dict[str, Any]) -> None:

@@ -31,7 +31,17 @@ fetches the file from the Hub at the pinned revision of `hf_hub_id` (`org/name@<
 is checked like any local file's.
 
 A broken manifest entry never breaks `import timm_stim`: the registry skips it with a warning naming the
-manifest file (`read_manifest(strict=False)`); the writers (`add_weights`, the release command) stay strict.
+manifest file (`read_manifest(strict=False)`); the writers (`add_weights`, the release command) stay strict. Model
+names and tags follow timm's tag grammar (letters, digits, `_`: `check_name`), and an entry's files lie inside the
+weights directory; an entry breaking either is refused.
+
+An entry owns every file it names (`WeightsEntry.stored()` / `files()`): its weights and its sidecars, such as the
+per-depth BN statistics of `depth_stats` (`<model>.<tag>.depths.safetensors`, top level). Every change of the
+manifest is one read-modify-write under a file lock (`manifest_lock`, `.manifest.lock` beside it) and all or nothing
+(`update_manifest`): new bytes are written under names the manifest does not use yet (a re-release whose file name
+is taken gets `<model>.<tag>.<sha256[:12]>.safetensors`), each file whole, mode 0644, without a visible temporary
+file while it is written (`O_TMPFILE`); then the manifest is switched in one rename; then the files only the old
+entry named are removed. A kill at any moment leaves a manifest whose every file is in place.
 """
 from __future__ import annotations
 
@@ -42,15 +52,19 @@ import hashlib
 import json
 import math
 import os
-import shutil
+import pickle
+import re
+import socket
+import threading
+import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..atomic import atomic_path, atomic_write_text
 
 __all__ = [
     'HUB_ORG', 'ENV_WEIGHTS_DIR', 'MANIFEST_NAME', 'WeightsEntry', 'weights_dir', 'read_manifest', 'find_entry',
@@ -58,7 +72,9 @@ __all__ = [
     'tagged_default_cfgs', 'write_weights', 'load_checkpoint_state_dict', 'build_checked_model', 'known_models',
     'write_manifest', 'place_entry', 'WHEEL_MAX_MB', 'GIT_PART_MB', 'hub_offline', 'entry_cfg', 'part_files',
     'split_parts', 'join_parts', 'WHEEL_BUDGET_MB', 'check_wheel_budget', 'move_weights', 'state_dict_nbytes',
-    'RELEASE_MAX_MB', 'check_release_size',
+    'RELEASE_MAX_MB', 'check_release_size', 'StoredFile', 'check_name', 'manifest_lock', 'update_manifest',
+    'resolve_depth_stats', 'hub_unreachable', 'read_torch_file', 'state_dict_mismatch', 'DEPTH_STATS_HUB_NAME',
+    'set_depth_stats',
 ]
 
 HUB_ORG = 'timm-stim'
@@ -74,10 +90,37 @@ _CFG_OVERRIDES = ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'lic
                   'label_names')
 
 PathLike = Union[str, os.PathLike]
+DEPTH_STATS_HUB_NAME = 'depth_stats.safetensors'  # the sidecar's name in a Hub repository / export folder
+# timm's tag grammar: `timm.create_model('<model>.<tag>')` splits at the first '.', and a tag (like a model name)
+# is one word of letters, digits and '_' -- no '.', '/', spaces or '..': it also names files in the weights folder
+NAME_PATTERN = re.compile(r'[A-Za-z0-9_]+')
+# what a manifest's `file` may name: a file in the weights folder or its hub/ sub-folder, never a path outside
+_FILE_PATTERN = re.compile(r'(hub/)?[A-Za-z0-9_][A-Za-z0-9_.-]*\.safetensors')
+LOCK_NAME = '.manifest.lock'  # filelock of every read-modify-write of the manifest (git-ignored)
+LOCK_TIMEOUT_S = 600
+
+
+def check_name(kind: str, value: Any) -> str:
+    """`value` when it is a valid model name or tag (`kind` says which, for the message); ValueError otherwise."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise ValueError(f'{kind} {value!r} is not a timm tag name: use letters, digits and _ only (what '
+                         f'timm.create_model("<model>.<tag>") parses; no ".", "/", spaces or "..").')
+    return value
 
 
 def _in_wheel(file: str) -> bool:
     return not file.startswith('hub/')
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One file a manifest entry owns in the weights directory (the weights, or a sidecar such as the per-depth BN
+    statistics): its name there, sha256 and size, and its name in the tag's Hub repository."""
+    file: str
+    sha256: str
+    size: Optional[int]
+    hub_filename: str
+    role: str = 'weights'
 
 
 def state_dict_nbytes(state_dict: Mapping[str, torch.Tensor]) -> int:
@@ -120,10 +163,32 @@ class WeightsEntry:
     # per-depth BatchNorm statistics shipped beside the weights (timm_stim.depth_stats): {"file", "sha256", "size",
     # "configs": [[d1, d2, ...], ...], "hf_hub_filename"}; empty when the tag ships none
     depth_stats: Dict[str, Any] = field(default_factory=dict)
+    # what the Hub card needs from benchmarks/results/ (timm_stim.cards.comparison_record), recorded at release so
+    # that a card exported from an installed wheel equals one exported from a clone
+    comparison: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return f'{self.model}.{self.tag}'
+
+    def stored(self) -> List[StoredFile]:
+        """Every file this entry owns in the weights directory: its weights, then its sidecars. A release writes
+        them all or none, a re-release replaces them all, a removed entry takes them all along."""
+        files = [StoredFile(self.file, self.sha256, self.size, self.hf_hub_filename)]
+        if self.depth_stats.get('file'):
+            d = self.depth_stats
+            files.append(StoredFile(d['file'], str(d.get('sha256', '')), d.get('size'),
+                                    d.get('hf_hub_filename') or DEPTH_STATS_HUB_NAME, 'depth statistics'))
+        return files
+
+    def files(self) -> List[str]:
+        """The names (relative to the weights directory) of every file this entry owns."""
+        return [s.file for s in self.stored()]
+
+    @property
+    def wheel_bytes(self) -> int:
+        """Bytes of this entry's files inside the wheel (top-level files, not under hub/)."""
+        return sum(s.size or 0 for s in self.stored() if _in_wheel(s.file))
 
     @property
     def in_wheel(self) -> bool:
@@ -247,9 +312,18 @@ def _parse_entry(path: Path, i: int, item: Any, seen: Collection[str]) -> Weight
                          + (f'lacks {missing}' if missing else f'has unknown keys {unknown}')
                          + f'; entry keys are {sorted(known)}.')
     entry = WeightsEntry(**item)
-    if not isinstance(entry.sha256, str) or len(entry.sha256) != 64 \
-            or any(c not in '0123456789abcdef' for c in entry.sha256.lower()):
-        raise ValueError(f'{path}: entry {entry.name} has sha256={entry.sha256!r}, not 64 hex digits.')
+    try:
+        check_name('model', entry.model), check_name('tag', entry.tag)
+    except ValueError as e:
+        raise ValueError(f'{path}: entry {i}: {e}') from None
+    for stored in entry.stored():
+        if not isinstance(stored.sha256, str) or len(stored.sha256) != 64 \
+                or any(c not in '0123456789abcdef' for c in stored.sha256.lower()):
+            raise ValueError(f'{path}: entry {entry.name} has sha256={stored.sha256!r} for {stored.file}, not 64 hex '
+                             f'digits.')
+        if not isinstance(stored.file, str) or not _FILE_PATTERN.fullmatch(stored.file) or '..' in stored.file:
+            raise ValueError(f'{path}: entry {entry.name} names the file {stored.file!r}: expected <name>.safetensors '
+                             f'or hub/<name>.safetensors inside the weights directory.')
     if entry.name in seen:
         raise ValueError(f'{path}: {entry.name} is listed twice.')
     return entry
@@ -271,21 +345,23 @@ def sha256_file(path: PathLike) -> str:
     return h.hexdigest()
 
 
-def verify_file(path: PathLike, entry: WeightsEntry) -> Path:
-    """Check `path` against the manifest entry (size when recorded, then sha256); raise ValueError if not."""
-    path = Path(path)
+def verify_file(path: PathLike, entry: WeightsEntry, stored: Optional[StoredFile] = None) -> Path:
+    """Check `path` against the manifest entry (size when recorded, then sha256) for its weights, or for the stored
+    file `stored` of it (a sidecar); raise ValueError if not."""
+    path, stored = Path(path), stored or entry.stored()[0]
+    what = f'{stored.role} file {path} for {entry.name}'
     if not path.is_file():
-        raise FileNotFoundError(f'weights file {path} for {entry.name} does not exist.')
+        raise FileNotFoundError(f'{what} does not exist.')
     size = path.stat().st_size
-    if entry.size is not None and size != entry.size:
-        state = 'truncated' if size < entry.size else 'larger than recorded'
-        raise ValueError(f'weights file {path} for {entry.name} is {state}: {size} bytes, the manifest records '
-                         f'{entry.size}. Delete it and fetch it again (git lfs pull / Hub download).')
+    if stored.size is not None and size != stored.size:
+        state = 'truncated' if size < stored.size else 'larger than recorded'
+        raise ValueError(f'{what} is {state}: {size} bytes, the manifest records {stored.size}. Delete it and fetch '
+                         f'it again (git lfs pull / Hub download).')
     digest = sha256_file(path)
-    if digest != entry.sha256.lower():
-        raise ValueError(f'weights file {path} for {entry.name} has sha256 {digest}, the manifest records '
-                         f'{entry.sha256}: the file is corrupt, truncated or not the one listed. Refusing to load '
-                         f'it; delete it and fetch it again, or update the manifest with add_weights.')
+    if digest != stored.sha256.lower():
+        raise ValueError(f'{what} has sha256 {digest}, the manifest records {stored.sha256}: the file is corrupt, '
+                         f'truncated or not the one listed. Refusing to load it; delete it and fetch it again, or '
+                         f'update the manifest with add_weights.')
     return path
 
 
@@ -301,37 +377,109 @@ def hub_offline() -> bool:
         return True
 
 
+_PROXY_VARS = ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY', 'all_proxy')
+
+
+def hub_unreachable(timeout: float = 3.0) -> Optional[str]:
+    """Why the Hub endpoint (`HF_ENDPOINT`, default https://huggingface.co) cannot be reached right now, in a few
+    words naming the cause ('cannot resolve huggingface.co (DNS: ...)', 'no connection to huggingface.co:443 (...)');
+    None when a TCP connection to it opens within `timeout` seconds, or when a proxy is configured (then only a
+    real request can tell). Takes at most about `timeout` + 1 s, so that no caller waits for a minute of retries."""
+    from urllib.parse import urlparse
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return None
+    try:
+        from huggingface_hub import constants
+        endpoint = constants.ENDPOINT
+    except ImportError:
+        endpoint = 'https://huggingface.co'
+    url = urlparse(endpoint)
+    host, port = url.hostname or 'huggingface.co', url.port or (80 if url.scheme == 'http' else 443)
+    found: Dict[str, Optional[str]] = {}
+
+    def probe() -> None:
+        try:
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as e:
+            found['why'] = f'cannot resolve {host} (DNS: {getattr(e, "strerror", None) or e})'
+            return
+        last: Optional[OSError] = None
+        for family, kind, proto, _, address in addresses[:3]:
+            try:
+                with socket.socket(family, kind, proto) as s:
+                    s.settimeout(timeout)
+                    s.connect(address)
+                found['why'] = None
+                return
+            except OSError as e:
+                last = e
+        found['why'] = f'no connection to {host}:{port} ({getattr(last, "strerror", None) or last or "no address"})'
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1)
+    if thread.is_alive():
+        return f'no answer from {host} within {timeout:g} s (DNS or connection)'
+    return found.get('why')
+
+
+def _get_it(entry: WeightsEntry) -> str:
+    """How to get a missing stored file, for an error message."""
+    pinned = ' once the tag is published (its manifest entry pins no Hub revision yet)' if not entry.hub_revision \
+        else f' (online, revision {entry.hub_revision})'
+    return (f'get it from a clone of timm-stim (`git clone --depth 1 <repository>`; pip install -e <clone>, or '
+            f'TIMM_STIM_WEIGHTS_DIR=<clone>/weights: its weights/hub/ parts are joined on first use), or from the '
+            f'Hub{pinned}.')
+
+
 def resolve_file(
         entry: WeightsEntry,
         directory: Optional[PathLike] = None,
         cache_dir: Optional[PathLike] = None,
+        stored: Optional[StoredFile] = None,
 ) -> Path:
-    """The verified local path of `entry`'s weights: the weights directory's file, else the Hub copy.
+    """The verified local path of `entry`'s weights (or of its stored file `stored`, a sidecar): the weights
+    directory's file, else its git parts (joined), else the Hub copy.
 
     The Hub copy is read at the pinned revision of `hf_hub_id` (`org/name@rev`); with `HF_HUB_OFFLINE=1` only the
-    local HF cache is consulted (no network retries).
+    local HF cache is consulted, and when the Hub cannot be reached (no DNS, no connection: `hub_unreachable`) the
+    error comes in seconds, in one line naming where the file was looked for and how to get it.
     """
-    local = _dir(directory) / entry.file
+    stored = stored or entry.stored()[0]
+    local = _dir(directory) / stored.file
     if local.exists():
         try:
-            return verify_file(local, entry)
+            return verify_file(local, entry, stored)
         except ValueError:
             if not part_files(local):
                 raise  # a joined file older than its parts (a re-released tag) is joined again below
     if part_files(local):  # a clone: the committed parts of a weights/hub/ file
-        return verify_file(join_parts(local), entry)
+        return verify_file(join_parts(local), entry, stored)
+    where = (f'{stored.role} of {entry.name} not found: no local file {local} (nor its git parts {local.name}.part*), '
+             f'and the Hub copy {entry.hub_id}/{stored.hub_filename}')
     offline = hub_offline()
+    unreachable = None if offline else hub_unreachable()
     try:
         from huggingface_hub import hf_hub_download
-        downloaded = hf_hub_download(entry.hub_repo, entry.hf_hub_filename, revision=entry.hub_revision,
-                                     cache_dir=cache_dir, local_files_only=offline)
-    except Exception as e:  # offline, missing repository or file: say where we looked
-        hint = ('HF_HUB_OFFLINE is set, so only the local HF cache was searched.' if offline else
-                'Without network, set HF_HUB_OFFLINE=1 to fail at once instead of waiting for Hub retries.')
-        raise FileNotFoundError(
-            f'weights for {entry.name}: no local file {local} and the Hub copy {entry.hub_id}/'
-            f'{entry.hf_hub_filename} could not be fetched ({type(e).__name__}: {e}). {hint}') from e
-    return verify_file(downloaded, entry)
+        downloaded = hf_hub_download(entry.hub_repo, stored.hub_filename, revision=entry.hub_revision,
+                                     cache_dir=cache_dir, local_files_only=offline or bool(unreachable))
+    except Exception as e:  # offline, missing repository or file: one line, not the Hub client's paragraph
+        if offline:
+            why = 'is not in the local HF cache (HF_HUB_OFFLINE is set, so only the cache was searched)'
+        elif unreachable:
+            why = f'is not in the local HF cache and the Hub cannot be reached: {unreachable}'
+        else:
+            why = (f'could not be fetched ({type(e).__name__}: {(str(e).strip().splitlines() or [""])[0]}; without '
+                   f'network, HF_HUB_OFFLINE=1 makes this fail at once)')
+        raise FileNotFoundError(f'{where} {why}; {_get_it(entry)}') from None
+    return verify_file(downloaded, entry, stored)
+
+
+def resolve_depth_stats(entry: WeightsEntry, directory: Optional[PathLike] = None,
+                        cache_dir: Optional[PathLike] = None) -> Optional[Path]:
+    """The verified local path of `entry`'s per-depth BN statistics (`resolve_file`), None when it ships none."""
+    sidecars = entry.stored()[1:]
+    return resolve_file(entry, directory, cache_dir, sidecars[0]) if sidecars else None
 
 
 def _part_glob(path: Path) -> List[Path]:
@@ -354,31 +502,88 @@ def part_files(path: PathLike) -> List[Path]:
 
 def split_parts(path: PathLike, part_mb: Optional[float] = None) -> List[Path]:
     """Write `path` as byte parts of at most `part_mb` (default `GIT_PART_MB`) MB next to it: what git holds of a
-    weights/hub/ file."""
-    path = Path(path)
+    weights/hub/ file. Each part is written whole or not at all (`_write_file`)."""
+    return _write_parts(Path(path), Path(path).read_bytes(), part_mb)
+
+
+def _write_parts(path: Path, data: bytes, part_mb: Optional[float] = None) -> List[Path]:
     step = int((part_mb or GIT_PART_MB) * 2 ** 20)
-    n = max(1, math.ceil(path.stat().st_size / step))
-    for old in _part_glob(path):
+    n = max(1, math.ceil(len(data) / step))
+    parts = [_write_file(path.with_name(f'{path.name}.part{i}of{n}'), memoryview(data)[(i - 1) * step:i * step])
+             for i in range(1, n + 1)]
+    for old in set(_part_glob(path)) - set(parts):  # parts of another count under this name
         old.unlink()
-    parts = []
-    with open(path, 'rb') as f:
-        for i in range(1, n + 1):
-            parts.append(path.with_name(f'{path.name}.part{i}of{n}'))
-            parts[-1].write_bytes(f.read(step))
     return parts
 
 
+def _write_file(path: Path, data: Union[bytes, memoryview]) -> Path:
+    """Create or replace `path` with `data`, mode 0644, whole or not at all. While the bytes are written the file
+    has no name (Linux `O_TMPFILE`), so a kill -9 leaves nothing behind; it is then linked as `.<name>.<pid>.tmp`
+    and renamed over `path` (the one moment a kill could leave that name, which the next release sweeps). Without
+    `O_TMPFILE` the bytes go to `.<name>.<pid>.tmp` directly."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    tmp.unlink(missing_ok=True)
+    try:
+        if not _link_unnamed(path.parent, data, tmp):
+            with open(tmp, 'wb') as f:
+                _write_fd(f.fileno(), data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _link_unnamed(directory: Path, data: Union[bytes, memoryview], name: Path) -> bool:
+    """Write `data` to a file without a name in `directory` (`O_TMPFILE`), then link it as `name`; False where the
+    system cannot (then nothing was linked)."""
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o644)
+    except (AttributeError, OSError):  # not Linux, or a file system without O_TMPFILE
+        return False
+    try:
+        _write_fd(fd, data)
+        folder = os.open(directory, os.O_RDONLY)
+        try:  # a dir_fd makes Python call linkat(AT_SYMLINK_FOLLOW), which links the open file, not the symlink
+            os.link(f'/proc/self/fd/{fd}', name.name, dst_dir_fd=folder, follow_symlinks=True)
+        except OSError:  # no /proc
+            return False
+        finally:
+            os.close(folder)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _write_fd(fd: int, data: Union[bytes, memoryview]) -> None:
+    view = memoryview(data).cast('B')
+    while view:
+        view = view[os.write(fd, view):]
+    os.fchmod(fd, 0o644)  # readable by all, as git checks files out (safetensors itself writes 0600)
+    os.fsync(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def join_parts(path: PathLike) -> Path:
-    """Join the parts of `path` into `path` (atomically); when its folder is read-only, into timm_stim's cache."""
+    """Join the parts of `path` into `path` (whole or not at all); when its folder is read-only, into timm_stim's
+    cache."""
     from ..data import default_cache_dir
     path = Path(path)
     target = path if os.access(path.parent, os.W_OK) else default_cache_dir() / 'weights' / path.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp, open(tmp, 'wb') as out:
-        for part in part_files(path):
-            with open(part, 'rb') as f:
-                shutil.copyfileobj(f, out, 2 ** 22)
-    return target
+    return _write_file(target, b''.join(part.read_bytes() for part in part_files(path)))
 
 
 def resolve_pretrained_cfg(cfg: Any, directory: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None
@@ -463,19 +668,60 @@ def known_models() -> List[str]:
     return sorted(set(STIM_BASES) | set(CIFAR_ARCHS))
 
 
-def load_checkpoint_state_dict(path: PathLike, use_ema: bool = False) -> Dict[str, torch.Tensor]:
+def read_torch_file(path: PathLike, what: str = 'checkpoint') -> Any:
+    """`torch.load` of a checkpoint with `weights_only=True` (plus `argparse.Namespace`: timm-stim-train checkpoints
+    hold their args), memory-mapped where the format allows. A refused pickle or a truncated / non-torch file is a
+    ValueError in one line that names the file (`what`: how the user gave it, e.g. '--resume'); the advice is never
+    to lift `weights_only`."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            try:
+                return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if 'mmap' not in str(e):
+                    raise
+                return torch.load(path, map_location='cpu', weights_only=True)  # the legacy (non-zip) format
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as e:
+        found = re.search(r'GLOBAL (\S+)', str(e))
+        if found or 'weights only' in str(e).lower():
+            raise ValueError(
+                f'{what} {path}: refused to load it: it holds a Python object'
+                + (f' ({found.group(1)})' if found else '') + ' that is neither a tensor nor plain data, and '
+                'unpickling it could run any code. timm-stim reads checkpoints of timm-stim-train or timm, state '
+                'dicts and .safetensors files only.') from None
+        raise ValueError(_unreadable(path, what, e)) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise ValueError(_unreadable(path, what, e)) from None
+
+
+def _unreadable(path: Path, what: str, error: BaseException) -> str:
+    size = path.stat().st_size if path.is_file() else 0
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split('. ')[0][:160]
+    reason = '' if 'weights_only' in reason else f'; {reason}'
+    return (f'{what} {path} is truncated or not a PyTorch checkpoint ({size} bytes{reason}): use an intact copy, or '
+            f'an earlier checkpoint of that run.')
+
+
+def load_checkpoint_state_dict(path: PathLike, use_ema: bool = False, what: str = 'checkpoint'
+                               ) -> Dict[str, torch.Tensor]:
     """The state dict of a weights file (safetensors / plain state dict) or of a train checkpoint (`.pth.tar`:
-    `state_dict`, or `state_dict_ema` with `use_ema`)."""
+    `state_dict`, or `state_dict_ema` with `use_ema`); a ValueError in one line for a file that cannot be read
+    (`read_torch_file`; `what` names it as the user gave it)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'{path} does not exist.')
+        raise FileNotFoundError(f'{what} {path} does not exist.')
     if path.suffix == '.safetensors':
         if use_ema:
             raise ValueError(f'{path} is a plain weights file: it has no EMA weights (drop use_ema).')
         from safetensors.torch import load_file
-        return load_file(str(path))
-    with torch.serialization.safe_globals([argparse.Namespace]):  # timm-stim train checkpoints hold their args
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors' own error type: a truncated or foreign file
+            raise ValueError(_unreadable(path, what, e)) from None
+    ckpt = read_torch_file(path, what)
     if isinstance(ckpt, dict) and ('state_dict' in ckpt or 'state_dict_ema' in ckpt):
         key = 'state_dict_ema' if use_ema else 'state_dict'
         if ckpt.get(key) is None:
@@ -487,6 +733,19 @@ def load_checkpoint_state_dict(path: PathLike, use_ema: bool = False) -> Dict[st
     if not isinstance(ckpt, Mapping) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise ValueError(f'{path} is neither a state dict nor a train checkpoint with a state_dict.')
     return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in ckpt.items()}
+
+
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
+    """How `given` differs from a model's `expected` state dict ('3 missing keys (e.g. [...]); 1 shape mismatches
+    (e.g. [...])'), '' when it fits."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = [f'{k} {tuple(given[k].shape)} vs {tuple(v.shape)}' for k, v in expected.items()
+              if k in given and tuple(given[k].shape) != tuple(v.shape)]
+    parts = [f'{len(missing)} missing keys (e.g. {missing[:3]})' if missing else '',
+             f'{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})' if unexpected else '',
+             f'{len(shapes)} shape mismatches (e.g. {shapes[:2]})' if shapes else '']
+    return '; '.join(p for p in parts if p)
 
 
 def build_checked_model(
@@ -503,17 +762,10 @@ def build_checked_model(
     if model not in known:
         raise ValueError(f'unknown model {model!r}: weights can be added for {", ".join(known)}.')
     net = timm.create_model(model, num_classes=num_classes, in_chans=in_chans)
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}' for k, v in expected.items()
-              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = [f'{len(missing)} missing keys (e.g. {missing[:3]})' if missing else '',
-                 f'{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})' if unexpected else '',
-                 f'{len(shapes)} shape mismatches (e.g. {shapes[:2]})' if shapes else '']
-        raise ValueError(f'{source} does not match {model} with num_classes={num_classes}: '
-                         + '; '.join(p for p in parts if p) + '. Name the architecture the run trained.')
+    problem = state_dict_mismatch(net.state_dict(), state_dict)
+    if problem:
+        raise ValueError(f'{source} does not match {model} with num_classes={num_classes}: {problem}. Name the '
+                         f'architecture the run trained.')
     net.load_state_dict(state_dict, strict=True)
     return net
 
@@ -525,15 +777,102 @@ def _entry_json(entry: WeightsEntry) -> Dict[str, Any]:
 
 
 def write_manifest(entries: List[WeightsEntry], directory: Optional[PathLike] = None) -> Path:
-    """Write the manifest atomically (a temporary file renamed over it)."""
+    """Write the manifest whole or not at all (`_write_file`). A read-modify-write goes through `update_manifest`,
+    which holds the manifest lock."""
     path = _dir(directory) / MANIFEST_NAME
-    return atomic_write_text(path, json.dumps({'weights': [_entry_json(e) for e in entries]}, indent=2) + '\n')
+    return _write_file(path, (json.dumps({'weights': [_entry_json(e) for e in entries]}, indent=2) + '\n').encode())
+
+
+_HELD: Dict[str, int] = {}  # manifest locks this process holds (directory -> depth), so that nesting never deadlocks
+
+
+@contextmanager
+def manifest_lock(directory: Optional[PathLike] = None) -> Iterator[Path]:
+    """Hold the weights directory's lock file (`LOCK_NAME`, a `filelock`) while its manifest is read, changed and
+    written, so that two releases at once both land. Re-entrant within a process; yields the directory."""
+    from filelock import FileLock, Timeout
+    directory = _dir(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = str(directory.resolve())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield directory
+        finally:
+            _HELD[key] -= 1
+        return
+    lock = FileLock(str(directory / LOCK_NAME))
+    try:
+        lock.acquire(timeout=LOCK_TIMEOUT_S)
+    except Timeout:
+        raise ValueError(f'{directory / LOCK_NAME}: another release, move or push has held the manifest for '
+                         f'{LOCK_TIMEOUT_S} s; wait for it to end.') from None
+    _HELD[key] = 1
+    try:
+        yield directory
+    finally:
+        del _HELD[key]
+        lock.release()
+
+
+Change = Callable[[List[WeightsEntry]], Tuple[List[WeightsEntry], Dict[str, bytes]]]
+
+
+def update_manifest(change: Change, directory: Optional[PathLike] = None) -> List[WeightsEntry]:
+    """One read-modify-write of the manifest under its lock, all or nothing. `change(entries)` gets the manifest as it
+    is now (read strictly: no entry is ever dropped) and returns the new entries and the new files they name
+    (`{name in the weights directory: bytes}`; never other bytes under a name the current manifest names). The new
+    files are written first (each whole, mode 0644; under hub/ with their git parts), then the manifest is switched in
+    one rename, then every file only the old entries owned is removed (with its parts). A kill at any moment leaves
+    the old manifest or the new one, each with every file it names. Returns the new entries."""
+    with manifest_lock(directory) as directory:
+        old = read_manifest(directory)
+        new, files = change(list(old))
+        owned = {s.file: s.sha256 for e in old for s in e.stored()}
+        for name, data in files.items():
+            if name in owned and hashlib.sha256(data).hexdigest() != owned[name]:
+                raise RuntimeError(f'{name} is named by the manifest: a release writes other bytes under a new name.')
+        _sweep(directory, old + new, {Path(n).name.split('.safetensors')[0] for n in files})
+        for name, data in files.items():
+            _write_file(directory / name, data)
+            if not _in_wheel(name):
+                _write_parts(directory / name, data)  # what git holds of it
+        write_manifest(new, directory)
+        kept = {f for e in new for f in e.files()}
+        for name in set(owned) - kept:
+            _remove_stored(directory, name)
+    return new
+
+
+def _sweep(directory: Path, entries: Sequence[WeightsEntry], stems: Collection[str]) -> None:
+    """Remove what a killed writer left: its temporary files (`.<name>.<pid>.tmp` of a process that has ended) and
+    files of the tags being written that no entry names (written by a release killed before its manifest switch)."""
+    owned = {p for e in entries for f in e.files() for p in [directory / f] + _part_glob(directory / f)}
+    tags = {'.'.join(stem.split('.')[:2]) for stem in stems}
+    for folder in (directory, directory / 'hub'):
+        for path in folder.glob('.*.tmp') if folder.is_dir() else []:
+            if _stale(path):
+                path.unlink(missing_ok=True)
+        for tag in tags:
+            for path in folder.glob(f'{glob.escape(tag)}.*') if folder.is_dir() else []:
+                if path not in owned and not path.name.endswith('.tmp') and path.is_file():
+                    path.unlink(missing_ok=True)
+
+
+def _stale(tmp: Path) -> bool:
+    """A `.<name>.<pid>.tmp` whose writer has ended (or, without /proc to ask, one over a day old)."""
+    found = re.fullmatch(r'\..+\.(\d+)\.tmp', tmp.name)
+    if not found or int(found.group(1)) == os.getpid():
+        return False
+    if Path('/proc/self').is_dir():
+        return not Path(f'/proc/{found.group(1)}').exists()
+    return tmp.stat().st_mtime < time.time() - 86400
 
 
 def check_wheel_budget(entries: Collection[WeightsEntry], name: str, nbytes: int) -> None:
     """Refuse (ValueError, before anything is written) to put `nbytes` more inside the wheel for the tag `name`
-    when the wheel's weights would then exceed `WHEEL_BUDGET_MB`; a replaced namesake's file does not count."""
-    others = sum(e.size or 0 for e in entries if e.in_wheel and e.name != name)
+    when the wheel's weights would then exceed `WHEEL_BUDGET_MB`; a replaced namesake's files do not count."""
+    others = sum(e.wheel_bytes for e in entries if e.name != name)
     if others + nbytes > WHEEL_BUDGET_MB * 2 ** 20:
         raise ValueError(
             f'{name}: the weights inside the wheel would total {(others + nbytes) / 2 ** 20:.1f} MB, over the '
@@ -556,10 +895,30 @@ def _stored_name(model: str, tag: str, out_of_wheel: bool) -> str:
     return ('hub/' if out_of_wheel else '') + f'{model}.{tag}.safetensors'
 
 
+def _fresh_name(canonical: str, sha256: str, old: Optional[WeightsEntry]) -> str:
+    """Where new bytes are stored: where the entry they replace keeps the same bytes (in the same folder), else
+    `canonical`, unless that entry owns that name with other bytes; then `<stem>.<sha256[:12]>.safetensors`, so that
+    no file the manifest names is ever written over with other bytes."""
+    owned = {s.file: s.sha256 for s in old.stored()} if old is not None else {}
+    same = [f for f, sha in owned.items() if sha == sha256 and _in_wheel(f) == _in_wheel(canonical)]
+    if same:
+        return same[0]
+    if canonical not in owned:
+        return canonical
+    return f'{canonical[:-len(".safetensors")]}.{sha256[:12]}.safetensors'
+
+
 def _remove_stored(directory: Path, file: str) -> None:
     path = directory / file
     for old in [path] + _part_glob(path):
         old.unlink(missing_ok=True)
+
+
+def _safetensors_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+    # one metadata key: safetensors writes a metadata map in random order, and the same weights must give the same
+    # sha256 (a re-release of unchanged weights changes nothing)
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={'format': 'pt'})
 
 
 def write_weights(
@@ -572,72 +931,116 @@ def write_weights(
         checked: bool = False,
         default: bool = False,
         out_of_wheel: bool = False,
+        depth_stats: Optional[Tuple[Mapping[str, torch.Tensor], Mapping[str, Any]]] = None,
         **info: Any,
 ) -> WeightsEntry:
     """Store `state_dict` as `<model>.<tag>.safetensors` (under `hub/` when larger than `WHEEL_MAX_MB` or with
     `out_of_wheel`) and add or replace its manifest entry: a new tag goes after the model's others, a replaced one
-    keeps its place, and with `default` it goes first (the model's default tag, as in timm). All checks run first
-    (the architecture, the wheel budget, `RELEASE_MAX_MB`): on any error nothing is written."""
-    from safetensors.torch import save_file
+    keeps its place, and with `default` it goes first (the model's default tag, as in timm). `depth_stats`:
+    (tensors, fields) of the per-depth BN statistics shipped beside the weights as `<model>.<tag>.depths.safetensors`
+    (top level, in the wheel, also for a hub/ tag; the entry's `depth_stats` gets `fields` plus file, sha256, size and
+    hf_hub_filename); a re-release without it drops the old sidecar. All checks run first (the names, the
+    architecture, the wheel budget, `RELEASE_MAX_MB`): on any error nothing is written. The release is all or nothing
+    (`update_manifest`): a re-release never writes over the files the manifest names (new bytes get new names), so a
+    kill leaves the old tag loadable."""
+    name = f'{check_name("model", model)}.{check_name("tag", tag)}'
     if not checked:
         build_checked_model(model, state_dict, num_classes, in_chans)
-    directory = _dir(directory)
-    entries = read_manifest(directory)  # strict: never drop entries
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    nbytes = state_dict_nbytes(tensors)
-    check_release_size(f'{model}.{tag}', nbytes)
-    name = _stored_name(model, tag, out_of_wheel or nbytes > WHEEL_MAX_MB * 2 ** 20)
-    if _in_wheel(name):
-        check_wheel_budget(entries, f'{model}.{tag}', nbytes)
-    dst = directory / name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dst) as tmp:
-        # one metadata key: safetensors writes a metadata map in random order, and the same weights must give
-        # the same sha256 (a re-release of unchanged weights changes nothing)
-        save_file(tensors, str(tmp), metadata={'format': 'pt'})
-        dtypes = {str(v.dtype).replace('torch.', '') for v in tensors.values() if v.is_floating_point()}
-        entry = WeightsEntry(model=model, tag=tag, file=name, sha256=sha256_file(tmp), size=tmp.stat().st_size,
+    nbytes = state_dict_nbytes(state_dict)
+    check_release_size(name, nbytes)
+    folder = 'hub/' if out_of_wheel or nbytes > WHEEL_MAX_MB * 2 ** 20 else ''
+    blobs = {f'{folder}{name}.safetensors': _safetensors_bytes(state_dict)}
+    if depth_stats is not None:  # top level even beside a hub/ file: it ships in the wheel (a tenth of the weights)
+        blobs[f'{name}.depths.safetensors'] = _safetensors_bytes(depth_stats[0])
+    dtypes = {str(v.dtype).replace('torch.', '') for v in state_dict.values() if v.is_floating_point()}
+    made: List[WeightsEntry] = []
+
+    def change(entries: List[WeightsEntry]) -> Tuple[List[WeightsEntry], Dict[str, bytes]]:
+        old = next((e for e in entries if e.name == name), None)
+        files, stored = {}, []
+        for canonical, data in blobs.items():
+            sha = hashlib.sha256(data).hexdigest()
+            stored.append((_fresh_name(canonical, sha, old), sha, len(data)))
+            files[stored[-1][0]] = data
+        sidecar = dict(depth_stats[1], file=stored[1][0], sha256=stored[1][1], size=stored[1][2],
+                       hf_hub_filename=DEPTH_STATS_HUB_NAME) if depth_stats is not None else {}
+        entry = WeightsEntry(model=model, tag=tag, file=stored[0][0], sha256=stored[0][1], size=stored[0][2],
                              num_classes=int(num_classes), storage_dtype='/'.join(sorted(dtypes)) or 'float32',
-                             **info)
-    if not _in_wheel(name):
-        split_parts(dst)  # what git holds of it
-    write_manifest(place_entry(entries, entry, default), directory)
-    for old in entries:  # a re-release stored on the other side of the wheel leaves no stale copy behind
-        if old.name == entry.name and old.file != name:
-            _remove_stored(directory, old.file)
-    return entry
+                             depth_stats=sidecar, **info)
+        if entry.wheel_bytes:
+            check_wheel_budget(entries, name, entry.wheel_bytes)
+        made.append(entry)
+        return place_entry(entries, entry, default), files
+
+    update_manifest(change, directory)
+    return made[-1]
 
 
 def move_weights(name: str, out_of_wheel: bool = True, directory: Optional[PathLike] = None) -> WeightsEntry:
-    """Move the stored file of the tag `name` (`<model>.<tag>`) out of the wheel into `hub/` (with its git parts),
-    or back into the wheel (within `WHEEL_MAX_MB` and `WHEEL_BUDGET_MB`); only its manifest `file` changes, its
-    bytes and sha256 stay. The file is checked against its sha256 first."""
-    directory = _dir(directory)
-    entries = read_manifest(directory)
+    """Move the weights file of the tag `name` (`<model>.<tag>`) out of the wheel into `hub/` (with its git parts),
+    or back into the wheel (within `WHEEL_MAX_MB` and `WHEEL_BUDGET_MB`); its sidecars stay in the wheel. Only the
+    manifest's `file` changes, the bytes and sha256 stay. The file is checked against its sha256 first; the move is
+    all or nothing, as a release (`update_manifest`)."""
+    made: List[WeightsEntry] = []
+
+    def change(entries: List[WeightsEntry]) -> Tuple[List[WeightsEntry], Dict[str, bytes]]:
+        entry = _entry_named(entries, name, directory)
+        if entry.in_wheel != out_of_wheel:
+            made.append(entry)
+            return entries, {}
+        new = dataclasses.replace(entry, file=('hub/' if out_of_wheel else '') + entry.file.split('/')[-1])
+        if not out_of_wheel:
+            if (entry.size or 0) > WHEEL_MAX_MB * 2 ** 20:
+                raise ValueError(f'{name}: {entry.size / 2 ** 20:.1f} MB is over the {WHEEL_MAX_MB} MB per-file '
+                                 f'limit of the wheel; it stays in hub/.')
+            check_wheel_budget(entries, name, new.wheel_bytes)
+        made.append(new)
+        return place_entry(entries, new), {new.file: _local_bytes(_dir(directory), entry, entry.stored()[0])}
+
+    update_manifest(change, directory)
+    return made[-1]
+
+
+def set_depth_stats(name: str, data: Optional[bytes], fields: Optional[Mapping[str, Any]] = None,
+                    directory: Optional[PathLike] = None, **changes: Any) -> WeightsEntry:
+    """Attach the per-depth BN statistics file `data` (safetensors bytes) to the tag `name` as its `depth_stats`
+    sidecar (`fields` plus file, sha256, size, hf_hub_filename), replacing the one it has; `data=None` drops it.
+    `changes` sets other fields of the entry in the same switch (e.g. `depths`). All or nothing, under the manifest
+    lock, as a release (`update_manifest`): the new file gets a name the manifest does not use yet, the old one is
+    removed after the switch."""
+    made: List[WeightsEntry] = []
+
+    def change(entries: List[WeightsEntry]) -> Tuple[List[WeightsEntry], Dict[str, bytes]]:
+        entry, files, sidecar = _entry_named(entries, name, directory), {}, {}
+        if data is not None:
+            sha = hashlib.sha256(data).hexdigest()
+            file = _fresh_name(f'{name}.depths.safetensors', sha, entry)
+            files[file] = bytes(data)
+            sidecar = dict(fields or {}, file=file, sha256=sha, size=len(data), hf_hub_filename=DEPTH_STATS_HUB_NAME)
+        new = dataclasses.replace(entry, depth_stats=sidecar, **changes)
+        if new.wheel_bytes:
+            check_wheel_budget(entries, name, new.wheel_bytes)
+        made.append(new)
+        return place_entry(entries, new), files
+
+    update_manifest(change, directory)
+    return made[-1]
+
+
+def _entry_named(entries: Sequence[WeightsEntry], name: str, directory: Optional[PathLike]) -> WeightsEntry:
     entry = next((e for e in entries if e.name == name), None)
     if entry is None:
-        raise ValueError(f'no weights {name!r} in {directory / MANIFEST_NAME}; known: {[e.name for e in entries]}')
-    src = directory / entry.file
-    if not src.is_file() and part_files(src):
-        join_parts(src)
-    verify_file(src, entry)
-    target = _stored_name(entry.model, entry.tag, out_of_wheel)
-    if target == entry.file:
-        return entry
-    if not out_of_wheel:
-        if (entry.size or 0) > WHEEL_MAX_MB * 2 ** 20:
-            raise ValueError(f'{name}: {entry.size / 2 ** 20:.1f} MB is over the {WHEEL_MAX_MB} MB per-file limit '
-                             'of the wheel; it stays in hub/.')
-        check_wheel_budget(entries, name, entry.size or 0)
-    dst = directory / target
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    if out_of_wheel:
-        split_parts(dst)
-    moved = dataclasses.replace(entry, file=target)
-    write_manifest(place_entry(entries, moved), directory)
-    _remove_stored(directory, entry.file)
-    return moved
+        raise ValueError(f'no weights {name!r} in {_dir(directory) / MANIFEST_NAME}; known: '
+                         f'{[e.name for e in entries]}')
+    return entry
+
+
+def _local_bytes(directory: Path, entry: WeightsEntry, stored: StoredFile) -> bytes:
+    """The bytes of one stored file of `entry` in `directory` (joined from its git parts if need be), sha256-checked."""
+    path = directory / stored.file
+    if not path.is_file() and part_files(path):
+        join_parts(path)
+    return verify_file(path, entry, stored).read_bytes()
 
 
 def place_entry(entries: List[WeightsEntry], entry: WeightsEntry, default: bool = False) -> List[WeightsEntry]:
@@ -669,6 +1072,7 @@ def add_weights(
     ValueError and writes nothing. `info` takes the optional entry fields (dataset, recipe, command, metrics, ...).
     The release command (`timm-stim-release`) also re-evaluates the weights; prefer it for published tags.
     """
+    check_name('model', model), check_name('tag', tag)  # before the checkpoint is read
     state_dict = load_checkpoint_state_dict(path, use_ema)
     build_checked_model(model, state_dict, num_classes, source=str(path))
     info.setdefault('source', f'{path}' + (' (state_dict_ema)' if use_ema else ''))
