@@ -220,3 +220,21 @@ def test_default_tag_smallest_depth_on_real_data(cifar10_subset, cifar10_normali
     with timm_stim.subnetwork(model, (1, 1, 1)):
         own = top1()  # the full network's statistics: what users got before
     assert shipped >= 76.0 and shipped >= own + 8, (shipped, own)
+
+
+def test_exported_folder_carries_the_statistics(tmp_path):
+    """timm-stim-export writes depth_stats.safetensors; timm's `local-dir:` name loads it back (sha256-checked)."""
+    entry = _shipped_entry()
+    from timm_stim.hub import export
+    folder = tmp_path / 'export'
+    export(entry.name, folder)
+    assert (folder / 'depth_stats.safetensors').is_file()
+    model = timm.create_model(f'local-dir:{folder}')
+    ref = timm.create_model(entry.name, pretrained=True)
+    assert set(timm_stim.stats_table(model)) == set(timm_stim.stats_table(ref)) != set()
+    assert timm_stim.list_depths(model, measured=True) == timm_stim.list_depths(ref, measured=True)
+    data = bytearray((folder / 'depth_stats.safetensors').read_bytes())
+    data[-1] ^= 1
+    (folder / 'depth_stats.safetensors').write_bytes(bytes(data))
+    with pytest.raises(ValueError, match='sha256'):
+        timm.create_model(f'local-dir:{folder}')

@@ -16,6 +16,7 @@ from timm_stim import (
     StimConfig, StimulativeTrainer, build_space, DEFAULT_AMPLITUDE, depth_ranges, kl, kl_minus, normalize_logits,
     run_subnetworks, smaller_input, subnetwork,
 )
+from timm_stim.losses import logit_amplitude
 
 
 def _logits(seed=0, shape=(5, 7), scale=3.0):
@@ -88,9 +89,9 @@ def test_teacher_gets_no_gradient(fn):
     assert s.grad is not None and s.grad.abs().sum() > 0
 
 
-def _resnet18():
+def _resnet18(num_classes=10):
     torch.manual_seed(0)
-    model = timm.create_model('resnet18', num_classes=10)
+    model = timm.create_model('resnet18', num_classes=num_classes)
     with torch.no_grad():  # undo zero-init of the last BN of each block so that every block matters
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -224,6 +225,82 @@ def test_trainer_defaults():
     x, y = _tiny_batch()
     out = pp(x, y)
     assert len(out['depths']) == 6
+
+
+# ------------------------------------------------------------------------ class-count rule (issue 28)
+def test_logit_amplitude_rule():
+    assert logit_amplitude(1000) == logit_amplitude(10) == logit_amplitude(3) == DEFAULT_AMPLITUDE == 1.0
+    assert logit_amplitude(2) is None  # raw logits: LN(z) is +-1 at 2 classes
+    assert logit_amplitude(2, 3.0) == 3.0 and logit_amplitude(1000, 0.5) == 0.5  # explicit A overrides
+    with pytest.raises(ValueError, match='at least 2 classes'):
+        logit_amplitude(1)
+    z = _logits(5, shape=(8, 2)).requires_grad_()  # why: A * LN(z) is constant at 2 classes
+    ln = normalize_logits(z, 1.0)
+    torch.testing.assert_close(ln.abs(), torch.ones_like(ln), rtol=0, atol=1e-4)  # up to eps = 1e-7
+    F.cross_entropy(ln, torch.arange(8) % 2).backward()
+    assert z.grad.abs().max() < 1e-3
+
+
+def _grad_norm(model):
+    return float(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]).norm())
+
+
+def test_two_classes_stpp_trains_on_raw_logits(caplog):
+    """2 classes, amplitude unset: main CE on z and plain KL (the step by hand), with a gradient; an explicit A = 1
+    keeps the old behaviour (CE on LN(z) = +-1, no signal) and says so."""
+    x, y = _tiny_batch()
+    y = y % 2
+    model = _resnet18(2).train()
+    trainer = StimulativeTrainer(model, subnets=2, seed=3, verbose=False)
+    assert trainer.amplitude is None and 'raw logits' in trainer.logit_rule
+    out = trainer(x, y)
+    z = model(x)
+    kls = []
+    for depths, size in zip(out['depths'], out['sizes']):
+        with subnetwork(model, depths):
+            kls.append(kl(z, model(smaller_input(x, size))))
+    torch.testing.assert_close(out['loss_main'], F.cross_entropy(z, y).detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out['loss_kl'], torch.stack(kls).detach(), rtol=1e-5, atol=1e-6)
+    out['loss'].backward()
+    assert _grad_norm(model) > 0.1
+
+    old = _resnet18(2).train()
+    with caplog.at_level('WARNING', logger='timm_stim.trainer'):
+        trainer = StimulativeTrainer(old, subnets=2, seed=3, amplitude=1.0, verbose=True)
+    assert 'no gradient' in caplog.text and trainer.amplitude == 1.0
+    out = trainer(x, y)
+    torch.testing.assert_close(out['loss_main'], F.cross_entropy(normalize_logits(old(x), 1.0), y).detach())
+
+
+@pytest.mark.parametrize('num_classes', [1000, 10, 3])
+def test_rule_is_the_released_recipe_from_three_classes(num_classes):
+    """Amplitude unset = explicit A = 1 (the released ST++ code), bit for bit: losses and gradients."""
+    x, y = _tiny_batch()
+    y = y % num_classes
+    grads, losses = [], []
+    for kw in (dict(), dict(amplitude=1.0)):
+        model = _resnet18(num_classes).train()
+        trainer = StimulativeTrainer(model, subnets=2, seed=3, verbose=False, **kw)
+        assert trainer.amplitude == 1.0
+        out = trainer(x, y)
+        out['loss'].backward()
+        losses.append(out['loss'])
+        grads.append([p.grad for p in model.parameters()])
+    assert torch.equal(losses[0], losses[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_one_class_refused_and_rule_logged(caplog):
+    with pytest.raises(ValueError, match='--stim-mode stpp needs at least 2 classes'):
+        StimulativeTrainer(_resnet18(1), verbose=False)
+    with pytest.raises(ValueError, match='--stim-mode st needs at least 2 classes'):
+        StimulativeTrainer(_resnet18(1), mode='st', verbose=False)
+    StimulativeTrainer(_resnet18(1), mode='off', verbose=False)  # plain training: the criterion's business
+    with caplog.at_level('INFO', logger='timm_stim.trainer'):
+        StimulativeTrainer(_resnet18(10), verbose=True)
+        StimulativeTrainer(_resnet18(2), verbose=True)
+    assert '10 classes: KL- and main loss on A * LN(z), A = 1' in caplog.text
+    assert '2 classes: raw logits for KL- and main loss' in caplog.text
 
 
 @pytest.mark.parametrize('criterion', ['mixup', 'smoothing', 'bce', 'bce_mixup', 'kwargs'])

@@ -385,3 +385,21 @@ def test_console_scripts_exit_zero(monkeypatch):
         with pytest.raises(SystemExit) as exc:
             raise SystemExit(scripts[name].load()())
         assert exc.value.code is None
+
+
+@needs_cifar
+def test_holdout_trains_without_the_heldout_images_and_validates_on_them(tmp_path, caplog):
+    """--holdout N: the seeded held-out images (timm_stim.heldout) leave training and become the validation set."""
+    import logging
+    from timm_stim.heldout import split_heldout
+    from timm_stim.train import main as main_train
+    data = _tiny_folder(tmp_path / 'data', per_class=24)
+    caplog.set_level(logging.INFO)
+    res = main_train(['--data-dir', str(data), '--model', 'cifar_resnet20', '--num-classes', '2', '-b', '8',
+                      '--epochs', '1', '--stim-mode', 'off', '--holdout', '16', '--stim-bn-recalib', '8',
+                      '--output', str(tmp_path), '--experiment', 'held'])
+    assert 'Held out 16 of 48 training images' in caplog.text and 'training on 32' in caplog.text
+    rows = list(csv.DictReader(open(Path(res['output_dir']) / 'summary.csv')))
+    assert len(rows) == 1
+    rest, held = split_heldout(48, 16)
+    assert len(rest) == 32 and not set(rest.tolist()) & set(held.tolist())

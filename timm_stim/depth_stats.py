@@ -101,3 +101,35 @@ def load_into(model: nn.Module, entry: Any, directory: Optional[Union[str, Path]
         return model
     table, info = load(resolve(entry, directory))
     return attach_depth_stats(model, table, rows=info.get('rows', []), meta=info)
+
+
+def load_beside(model: nn.Module, hub_id: str) -> bool:
+    """Attach the statistics exported beside a model's weights (`timm_stim.hub.export`): in the folder of a timm
+    `local-dir:` name, or the Hub repository (or HF cache) of an `hf-hub:` name, checked against the sha256 that the
+    folder's config.json records. Returns whether statistics were found."""
+    import hashlib
+    if hub_id.startswith('local-dir:'):
+        folder = Path(hub_id[len('local-dir:'):])
+        config, stats = folder / 'config.json', folder / 'depth_stats.safetensors'
+        if not (config.is_file() and stats.is_file()):
+            return False
+    else:
+        from huggingface_hub import hf_hub_download
+        from .models.weights import hub_offline
+        try:
+            config = Path(hf_hub_download(hub_id, 'config.json', local_files_only=hub_offline()))
+            record = json.loads(config.read_text()).get('depth_stats')
+            if not record:
+                return False
+            stats = Path(hf_hub_download(hub_id, record.get('hf_hub_filename', 'depth_stats.safetensors'),
+                                         local_files_only=hub_offline()))
+        except Exception:  # no copy reachable: the model still loads, the switch warns per configuration
+            return False
+    record = json.loads(Path(config).read_text()).get('depth_stats') or {}
+    digest = hashlib.sha256(Path(stats).read_bytes()).hexdigest()
+    if record.get('sha256') != digest:
+        raise ValueError(f'{stats} has sha256 {digest}, its config.json records {record.get("sha256")}: corrupt or '
+                         f'not the exported file. Export or download it again.')
+    table, info = load(stats)
+    attach_depth_stats(model, table, rows=info.get('rows', []), meta=info)
+    return True

@@ -119,6 +119,9 @@ def _fix_config(path: Path, entry: WeightsEntry) -> None:
     """Keep the tag and description in config.json (timm's export drops the source fields)."""
     cfg = json.loads(path.read_text())
     cfg['pretrained_cfg'].update(tag=entry.tag, description=entry.describe())
+    if entry.depth_stats:  # what loading checks the folder's depth_stats.safetensors against (depth_stats.load_beside)
+        cfg['depth_stats'] = {k: entry.depth_stats[k] for k in ('hf_hub_filename', 'sha256', 'size')
+                              if k in entry.depth_stats}
     path.write_text(json.dumps(cfg, indent=2) + '\n')
 
 

@@ -10,13 +10,14 @@ import argparse
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
 
 from .data import (ImageTensors, TensorLoader, TransformSubset, dataset_targets, fits_fast_path, load_image_tensors,
                    subset_indices)
+from .heldout import split_heldout
 
 __all__ = ['Loaders', 'SeededLoader', 'check_data_dir', 'check_class_folders', 'create_train_loaders',
            'create_split_loader', 'recalib_batches', 'mixup_args']
@@ -191,6 +192,8 @@ def create_train_loaders(args: argparse.Namespace, data_config: Dict[str, Any], 
     if args.fast_data is None and fast_conflicts and getattr(args, 'rank', 0) == 0:
         _logger.info(f'{", ".join(fast_conflicts)} set: using timm\'s loader (the fast path does not implement them).')
     train_data = _fast_split(args, args.train_split, args.train_subset, allowed=not fast_conflicts or args.fast_data)
+    if getattr(args, 'holdout', None) and train_data is None:
+        raise ValueError('--holdout needs the fast tensor data path (images <= 64 px, no timm-only augmentation).')
     common = dict(mean=data_config['mean'], std=data_config['std'], input_size=data_config['input_size'],
                   seed=args.seed, rank=args.rank, world_size=args.world_size, device=device,
                   dtype=model_dtype or torch.float32, channels_last=args.channels_last)
@@ -199,13 +202,27 @@ def create_train_loaders(args: argparse.Namespace, data_config: Dict[str, Any], 
     return _timm_loaders(args, data_config, eval_config, device, model_dtype)
 
 
+def _holdout(args, train_data: ImageTensors) -> Tuple[ImageTensors, Optional[ImageTensors]]:
+    """`--holdout N`: (the training images without the held-out split, the held-out split); else (all, None)."""
+    if not getattr(args, 'holdout', None):
+        return train_data, None
+    rest, held = split_heldout(len(train_data), args.holdout)
+    pick = lambda idx: ImageTensors(train_data.images[idx], train_data.targets[idx], train_data.classes)
+    if getattr(args, 'rank', 0) == 0:
+        _logger.info(f'Held out {len(held)} of {len(train_data)} training images (timm_stim.heldout, seed 0): '
+                     f'training on {len(rest)}, validating on the held-out images instead of {args.val_split!r}.')
+    return pick(rest), pick(held)
+
+
 def _tensor_loaders(args, eval_config, train_data: ImageTensors, common: Dict[str, Any]) -> Loaders:
     aug = dict(padding=args.crop_padding, hflip=args.hflip, vflip=args.vflip, no_aug=args.no_aug)
+    train_data, held = _holdout(args, train_data)
     train = TensorLoader(train_data, args.batch_size, True, num_batches=args.train_batches_per_epoch, **aug, **common)
     loader_eval = None
-    if args.val_split:
-        val_data = load_image_tensors(args.dataset, args.data_dir, args.val_split, args.val_subset,
-                                      args.dataset_download, args.data_cache_dir, args.class_map)
+    if args.val_split or held is not None:
+        val_data = held if held is not None else load_image_tensors(
+            args.dataset, args.data_dir, args.val_split, args.val_subset, args.dataset_download, args.data_cache_dir,
+            args.class_map)
         loader_eval = TensorLoader(val_data, args.validation_batch_size or args.batch_size, False,
                                    crop_pct=eval_config['crop_pct'],
                                    **{**common, 'input_size': eval_config['input_size']})

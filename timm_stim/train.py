@@ -100,6 +100,9 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
                    help='[timm-stim] train on a class-balanced subset of N images')
     g.add_argument('--val-subset', type=_positive_int, default=None, metavar='N',
                    help='[timm-stim] validate on a class-balanced subset of N images')
+    g.add_argument('--holdout', type=_positive_int, default=None, metavar='N',
+                   help='[timm-stim] hold out N seeded training images (timm_stim.heldout; CIFAR-10: 5000) and '
+                        'validate on them instead of --val-split: how runs that choose arms or settings train')
     g.add_argument('--train-batches-per-epoch', '--train-steps-per-epoch', type=_positive_int, default=None,
                    metavar='N', help='cap on loader batches per epoch')
     g.add_argument('--fast-data', action=argparse.BooleanOptionalAction, default=None,

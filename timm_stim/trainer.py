@@ -17,7 +17,7 @@ from timm.utils.model import unwrap_model
 
 from .bf16_conv import strided_conv_guard
 from .depth import MultiDepthForward, compile_blocks, depth_ranges, find_stages, recalibrate_bn, run_subnetworks
-from .losses import DEFAULT_AMPLITUDE, kl, kl_minus, normalize_logits
+from .losses import DEFAULT_AMPLITUDE, MIN_LN_CLASSES, kl, kl_minus, logit_amplitude, normalize_logits
 from .sampling import SPACES, DepthSampler, build_space, parse_space
 
 __all__ = ['StimConfig', 'StimulativeTrainer', 'MODES', 'MODE_DEFAULTS', 'LOSSES', 'STIM_CHECKS', 'add_stim_args']
@@ -50,9 +50,11 @@ class StimConfig:
 
     mode: 'off' (plain baseline), 'st' or 'stpp'. subnets: K sub-networks per step (KL terms summed).
     space: 'st', 'stpp' or per-stage kept-sets. loss: 'kl' or 'kl-'. temperature: T. weight: lambda.
-    amplitude: A of KL- (default 1, the released value; see losses.DEFAULT_AMPLITUDE). main_on_normalized: compute the main loss on A * LN(z_main),
-    as the released ST++ code does. min_scale: sub-network input side uniform in [int(min_scale * H), H]
-    (1.0 disables smaller inputs). seed: seed of the sub-network sampler.
+    amplitude: A of KL- and of the normalised main loss (default None: the class-count rule of
+    `losses.logit_amplitude`, A = 1 as released for >= 3 classes, raw logits for 2; a value overrides it).
+    main_on_normalized: compute the main loss on A * LN(z_main), as the released ST++ code does. min_scale:
+    sub-network input side uniform in [int(min_scale * H), H] (1.0 disables smaller inputs). seed: seed of the
+    sub-network sampler.
     """
     mode: str = 'stpp'
     subnets: Optional[int] = None
@@ -141,7 +143,9 @@ def add_stim_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument('--stim-min-scale', type=_checked('min_scale', float), default=None, metavar='S',
                    help='sub-network input side uniform in [int(S*H), H] (default 0.43 for stpp, 1.0 = off)')
     g.add_argument('--stim-amplitude', type=_checked('amplitude', float), default=None, metavar='A',
-                   help='amplitude A of KL- (default 1, the released value)')
+                   help='amplitude A of KL- and of the normalised main loss (default: 1, the released value, for '
+                        '>= 3 classes; raw logits, i.e. plain KL and CE on z, for 2 classes, where LN(z) = +-1 has no '
+                        'gradient); a value overrides that rule')
     g.add_argument('--stim-main-normalized', action=argparse.BooleanOptionalAction, default=None,
                    help='main loss on A * LN(z) (default: on for stpp)')
     g.add_argument('--stim-seed', type=int, default=None, metavar='N',
@@ -164,6 +168,16 @@ def _check_smaller_inputs(model: nn.Module, cfg: StimConfig) -> None:
     if not getattr(patch_embed, 'dynamic_img_pad', True) and max(getattr(patch_embed, 'patch_size', (1,))) > 1:
         raise ValueError(f'{type(unwrap_model(model)).__name__} needs input sides divisible by its patch size '
                          f'{patch_embed.patch_size}, but min_scale={cfg.min_scale} draws any side: {fix}')
+
+
+def _num_classes(model: nn.Module) -> Optional[int]:
+    """The model's class count (timm's `num_classes`, else its classifier's `out_features`); None when unknown or
+    when the model has no classifier (num_classes 0: its outputs are features, the count is read from them)."""
+    m = unwrap_model(model)
+    n = getattr(m, 'num_classes', None)
+    if not isinstance(n, int) and hasattr(m, 'get_classifier'):
+        n = getattr(m.get_classifier(), 'out_features', None)
+    return n if isinstance(n, int) and n > 0 else None
 
 
 class StimulativeTrainer(ClassificationTask):
@@ -199,10 +213,53 @@ class StimulativeTrainer(ClassificationTask):
         else:
             space = []
         self.sampler = DepthSampler(space, seed=self.stim.seed)
-        self.amplitude = self.stim.amplitude if self.stim.amplitude is not None else DEFAULT_AMPLITUDE
-        if verbose and self.stim.mode != 'off':
-            _logger.info(f'StimulativeTrainer: {self.stim}, {len(self.sampler)} sub-network configurations, '
-                         f'A={self.amplitude:.3g}')
+        self.num_classes: Optional[int] = None  # the class count the amplitude rule was applied to
+        self.amplitude: Optional[float] = None  # A of the normalised-logit terms; None: raw logits (2 classes)
+        classes = _num_classes(model)
+        if classes is not None:
+            self._apply_class_rule(classes)  # else at the first step, from the logits
+        if verbose and (self.stim.mode != 'off' or self._uses_ln()):
+            _logger.info(f'StimulativeTrainer: {self.stim}, {len(self.sampler)} sub-network configurations; '
+                         f'{self.logit_rule}')
+
+    def _apply_class_rule(self, num_classes: int) -> None:
+        """Set `amplitude` for `num_classes` (`losses.logit_amplitude`); refuse a 1-class model in st / stpp."""
+        cfg = self.stim
+        if cfg.mode != 'off' and num_classes < 2:
+            raise ValueError(f'--stim-mode {cfg.mode} needs at least 2 classes, got a model with {num_classes} '
+                             f'output: a softmax over one class is constant, so the KL terms carry no signal (a binary '
+                             f'task needs --num-classes 2; or use --stim-mode off).')
+        self.num_classes = num_classes
+        if num_classes < 2:  # mode off: plain training, nothing to decide
+            self.amplitude = cfg.amplitude if cfg.amplitude is not None else DEFAULT_AMPLITUDE
+            return
+        self.amplitude = logit_amplitude(num_classes, cfg.amplitude)
+        if self._uses_ln() and num_classes < MIN_LN_CLASSES and self.amplitude is not None:
+            _logger.warning(f'StimulativeTrainer: {num_classes} classes with an explicit amplitude A = '
+                            f'{self.amplitude:g}: A * LN(z) is +-A whatever z, so KL-'
+                            f'{" and the main loss" if cfg.main_on_normalized else ""} have no gradient (but for '
+                            f'LN\'s eps where the two logits nearly tie): nothing learns from them; leave the '
+                            f'amplitude unset to use raw logits.')
+
+    def _uses_ln(self) -> bool:
+        """True when a term of the step is on A * LN(z): KL- with sub-networks, or the normalised main loss."""
+        cfg = self.stim
+        return cfg.loss == 'kl-' and (cfg.subnets > 0 or bool(cfg.main_on_normalized))
+
+    @property
+    def logit_rule(self) -> str:
+        """The logits the KL and main terms use, in words (logged at construction, or at the first step)."""
+        cfg, c = self.stim, self.num_classes
+        if c is None:
+            return 'logits rule set at the first step (class count unknown)'
+        if not self._uses_ln():
+            return f'{c} classes, raw logits'
+        terms = ' and '.join(t for t, on in (('KL-', cfg.subnets > 0), ('main loss', cfg.main_on_normalized)) if on)
+        if self.amplitude is None:
+            return (f'{c} classes: raw logits for {terms} (LN(z) is +-1 at {c} classes: plain KL, main loss on z; '
+                    f'losses.logit_amplitude)')
+        how = 'explicit' if cfg.amplitude is not None else f'the released value, rule for >= {MIN_LN_CLASSES} classes'
+        return f'{c} classes: {terms} on A * LN(z), A = {self.amplitude:g} ({how})'
 
     # ------------------------------------------------------------------------------------------- the step
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, Any]:
@@ -213,7 +270,12 @@ class StimulativeTrainer(ClassificationTask):
         with strided_conv_guard():  # CPU bfloat16: 1-px inputs of strided convs in float32 (timm_stim.bf16_conv)
             outputs = self._passes(input, plan)
         z_main = outputs[0]
-        direction_only = cfg.loss == 'kl-'
+        if z_main.shape[-1] != self.num_classes:
+            self._apply_class_rule(z_main.shape[-1])
+            if self.verbose:
+                _logger.info(f'StimulativeTrainer: {self.logit_rule}')
+        # KL-: A * LN(z) (ST++ §3.1); None at 2 classes, where LN(z) = +-1: raw logits (losses.logit_amplitude)
+        direction_only = cfg.loss == 'kl-' and self.amplitude is not None
 
         main_logits = normalize_logits(z_main, self.amplitude) if direction_only and cfg.main_on_normalized else z_main
         loss_main = self.criterion(main_logits, target)
