@@ -49,6 +49,7 @@ OUT = ROOT / 'benchmarks' / 'results' / 'elastic.json'
 BN_IMAGES = 2000
 SHIPPED_SEED, RECALIB_SEED = 1, 2
 SIZE_SHARE = 0.10  # statistics of a large network: at most ~10 % of its weights file
+PARTIAL = Path.home() / '.cache' / 'timm_stim' / 'elastic_partial'  # resume points (outside the repository)
 SMALL_MB = 8  # a network whose weights are smaller ships every measured configuration (they are a few kB each)
 
 
@@ -114,9 +115,13 @@ def measure_tag(name: str, max_all: int) -> Dict[str, Any]:
     configs = configs_of(model, entry, max_all)
     prof = {tuple(p['depths']): p for p in depth_profile(model, depths=configs)}
     full = configs[-1]
-    rows = []
+    partial = PARTIAL / f'{name}.pt'  # resume point: a killed measurement goes on where it stopped
+    done = torch.load(partial, weights_only=True) if partial.is_file() else dict(rows=[], table={})
+    rows = done['rows']
+    if done['table']:
+        timm_stim.elastic.attach_depth_stats(model, done['table'])
     with torch.no_grad():
-        for depths in configs:
+        for depths in configs[len(rows):]:
             p = prof[depths]
             row = dict(depths=list(depths), full=depths == full, flops=p['flops'], params=p['params'],
                        flops_share=round(p['flops_share'], 4))
@@ -132,6 +137,8 @@ def measure_tag(name: str, max_all: int) -> Dict[str, Any]:
                 row['heldout_top1'] = bench.top1(model, bench.heldout, depths)
                 row['top1'] = bench.top1(model, bench.test, depths)  # (a), what the tag ships
             rows.append(row)
+            PARTIAL.mkdir(parents=True, exist_ok=True)
+            torch.save(dict(rows=rows, table=dict(stats_table(model))), partial)
             print(f'{name} {depths}: shipped {row["top1"]}  full-stats {row["top1_full_stats"]}  '
                   f're-estimated {row["top1_recalib"]}  held-out {row["heldout_top1"]}', flush=True)
     small = entry.size is not None and entry.size < SMALL_MB * 2 ** 20
@@ -141,6 +148,7 @@ def measure_tag(name: str, max_all: int) -> Dict[str, Any]:
     for r in rows:
         r['shipped'] = r['full'] or tuple(r['depths']) in keep
     release(entry, table, shipped, bench.heldout_record)
+    partial.unlink()
     return dict(tag=name, configs=len(rows), shipped=len(keep) + 1, heldout=bench.heldout_record, rows=rows,
                 seconds=round(time.time() - t0, 1))
 

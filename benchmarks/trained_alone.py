@@ -2,6 +2,7 @@
 """Is a sub-network as good as the same network trained alone? (issue 27, question 1)
 
     python benchmarks/trained_alone.py        # -> benchmarks/results/trained_alone.json
+    python benchmarks/trained_alone.py subnet cifar_resnet56_stim.stpp_s075_e30_cifar10 3,3,3   # a missing sub-network
 
 Reads `benchmarks/results/cifar10.json` (the campaign's runs, each with its depth sweep: top-1 of every
 configuration with BN re-estimated on 2,000 training images) and pairs, at the same epochs and recipe:
@@ -31,12 +32,41 @@ PAIRS = [('cifar_resnet20_stim', (1, 1, 1), 'cifar_resnet8'), ('cifar_resnet20_s
          ('cifar_resnet56_stim', (9, 9, 9), 'cifar_resnet56')]
 
 
+SUBNETS = RESULTS / 'trained_alone_subnets.json'  # sub-networks a run's sweep did not include (`subnet` command)
+
+
 def _sub_top1(run: Dict[str, Any], depths: Sequence[int]) -> Optional[float]:
-    rob = run.get('robustness') or {}
-    for row in rob.get('configs', []):
+    """The run's sweep row of `depths`, else a `subnet` measurement of the tag released from this run."""
+    for row in (run.get('robustness') or {}).get('configs', []):
         if tuple(row['depths']) == tuple(depths):
             return row['top1']
-    return run['top1'] if rob.get('configs') and tuple(depths) == tuple(rob['configs'][-1]['depths']) else None
+    extra = json.loads(SUBNETS.read_text()) if SUBNETS.exists() else {}
+    for m in extra.get('measured', []):
+        if m['run'] == run['run'] and tuple(m['depths']) == tuple(depths):
+            return m['top1']
+    return None
+
+
+def subnet(tag: str, depths: Sequence[int]) -> None:
+    """Top-1 of one sub-network of a released tag with BN re-estimated on 2,000 training-augmented images (as the
+    campaign's sweeps), CIFAR-10 test, float32; appended to trained_alone_subnets.json under the tag's run."""
+    import timm
+    import timm_stim
+    from timm_stim.models import weights
+    from elastic import BN_IMAGES, RECALIB_SEED, Bench
+    model = timm.create_model(tag, pretrained=True).eval()
+    timm_stim.elastic.forget_stats(model)
+    bench = Bench(model)
+    timm_stim.recalibrate_bn(model, bench.bn_batches(RECALIB_SEED), BN_IMAGES, depths=depths)
+    entry = weights.find_entry(*tag.split('.', 1))
+    run = Path(entry.source.split(' (')[0]).parent.name
+    row = dict(tag=tag, run=run, depths=list(depths), top1=bench.top1(model, bench.test, depths),
+               bn_images=BN_IMAGES, precision='float32',
+               command=command_line('benchmarks/trained_alone.py'))
+    data = json.loads(SUBNETS.read_text()) if SUBNETS.exists() else {'measured': []}
+    data['measured'] = [m for m in data['measured'] if (m['tag'], m['depths']) != (tag, list(depths))] + [row]
+    SUBNETS.write_text(json.dumps(data, indent=1) + '\n')
+    print(row)
 
 
 def _summary(values: List[float]) -> Dict[str, Any]:
@@ -78,6 +108,9 @@ def cost(runs: List[Dict[str, Any]], epochs: int = 30) -> Dict[str, Any]:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == 'subnet':  # python benchmarks/trained_alone.py subnet TAG 3,3,3
+        subnet(sys.argv[2], tuple(int(d) for d in sys.argv[3].split(',')))
+        return
     data = json.loads((RESULTS / 'cifar10.json').read_text())
     report = dict(command=command_line('benchmarks/trained_alone.py'), commit=git_commit(), source='cifar10.json',
                   note='sub-network top-1: BN re-estimated on 2,000 training images per configuration (the run\'s '
