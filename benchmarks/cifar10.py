@@ -307,9 +307,10 @@ def _robustness_panel(ax, title: str, groups: Dict[str, List[Dict[str, Any]]], c
             continue
         cfgs = [dict(c, top1=sum(d['configs'][i]['top1'] for d in done) / len(done))
                 for i, c in enumerate(done[0]['configs'])]
-        sub = sum(d['sub_mean'] for d in done) / len(done)
+        subs = [d['sub_mean'] for d in done if d.get('sub_mean') is not None]  # none: one configuration (ResNet-8)
+        note = f' (sub mean {statistics.fmean(subs):.1f})' if subs else ''
         ax.scatter([c['flops'] / 1e6 for c in cfgs], [c['top1'] for c in cfgs], s=8, alpha=.6, color=colors[label],
-                   label=f'{label}, {len(done)} seed{"s" * (len(done) > 1)} (sub mean {sub:.1f})')
+                   label=f'{label}, {len(done)} seed{"s" * (len(done) > 1)}{note}')
         levels = sorted({c['flops'] for c in cfgs})
         if len(levels) <= len(cfgs) / 2:  # configurations share FLOPs levels (CIFAR ResNets): a line through means
             ax.plot([f / 1e6 for f in levels], [statistics.fmean(c['top1'] for c in cfgs if c['flops'] == f)

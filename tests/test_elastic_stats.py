@@ -229,7 +229,7 @@ def test_exported_folder_carries_the_statistics(tmp_path):
     folder = tmp_path / 'export'
     export(entry.name, folder)
     assert (folder / 'depth_stats.safetensors').is_file()
-    model = timm.create_model(f'local-dir:{folder}')
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True)
     ref = timm.create_model(entry.name, pretrained=True)
     assert set(timm_stim.stats_table(model)) == set(timm_stim.stats_table(ref)) != set()
     assert timm_stim.list_depths(model, measured=True) == timm_stim.list_depths(ref, measured=True)
@@ -237,4 +237,4 @@ def test_exported_folder_carries_the_statistics(tmp_path):
     data[-1] ^= 1
     (folder / 'depth_stats.safetensors').write_bytes(bytes(data))
     with pytest.raises(ValueError, match='sha256'):
-        timm.create_model(f'local-dir:{folder}')
+        timm.create_model(f'local-dir:{folder}', pretrained=True)

@@ -176,7 +176,7 @@ def subnetwork(
     if depths is None:
         yield model
         return
-    stages = find_stages(model) if stages is None else stages
+    stages = find_stages(model, require_droppable=False) if stages is None else stages
     depths = check_depths(stages, depths)
     saved = []
     try:

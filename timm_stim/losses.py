@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ['kl', 'kl_minus', 'normalize_logits', 'smaller_input', 'logit_amplitude', 'LN_EPS', 'DEFAULT_AMPLITUDE',
+__all__ = ['logit_rule', 'kl', 'kl_minus', 'normalize_logits', 'smaller_input', 'logit_amplitude', 'LN_EPS', 'DEFAULT_AMPLITUDE',
            'MIN_LN_CLASSES']
 
 LN_EPS = 1e-7  # as in the released ST++ code
@@ -57,6 +57,12 @@ def logit_amplitude(num_classes: int, amplitude: Optional[float] = None) -> Opti
     if amplitude is not None:
         return float(amplitude)
     return DEFAULT_AMPLITUDE if num_classes >= MIN_LN_CLASSES else None
+
+
+def logit_rule(num_classes: int, amplitude: Optional[float] = None) -> str:
+    """The rule `logit_amplitude` applies, in words (what a release records of how its tag was trained)."""
+    a = logit_amplitude(num_classes, amplitude)
+    return 'raw logits (2 classes)' if a is None else f'A * LN(z), A = {a:g}'
 
 
 def normalize_logits(z: torch.Tensor, amplitude: float = 1.0) -> torch.Tensor:

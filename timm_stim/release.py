@@ -48,6 +48,7 @@ from timm import utils
 from .cards import comparison_record, load_results
 from .data import run_data_configs
 from .depth import valid_depths
+from .losses import logit_rule
 from .models import CIFAR_ARCHS, STIM_BASES
 from .models import weights as W
 from .models.weights import (WHEEL_MAX_MB, WeightsEntry, build_checked_model, check_name, check_release_size,
@@ -423,6 +424,8 @@ def release(opts: argparse.Namespace, argv: Sequence[str] = ()) -> WeightsEntry:
     launches = {'precision_launches': lines} if (lines := precision_launches(run_dir)) else {}
     dataset = opts.dataset_name or _dataset_name(data_args)
     train_args = dict(changed, stim_mode=args.get('stim_mode', 'stpp'), **launches)
+    if train_args['stim_mode'] != 'off':  # which class-count rule of ST++'s logit terms trained it (losses.py)
+        train_args['stim_logit_rule'] = logit_rule(model.num_classes, args.get('stim_amplitude'))
     info = dict(
         dataset=dataset, recipe=args.get('config') or '', command=command,
         metrics=dict(top1=round(measured['top1'], 3), top5=round(measured['top5'], 3)), license='apache-2.0',

@@ -276,8 +276,8 @@ def _run(args, argv) -> Dict[str, Any]:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     if args.depths is not None or args.robustness:  # clear errors before any data is read
-        try:
-            stages = find_stages(model)
+        try:  # a network whose stages are one block each (ResNet-8) has one configuration: the full network
+            stages = find_stages(model, require_droppable=False)
         except TypeError as e:
             flag = '--robustness' if args.robustness else '--depths'
             raise ValueError(f'{flag} needs a residual network whose blocks can be skipped; --model {args.model}: '

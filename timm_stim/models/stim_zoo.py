@@ -12,6 +12,7 @@ lists exactly the manifest's tags.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Dict, List
 
 import torch.nn as nn
@@ -138,11 +139,13 @@ def _create_stim(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
         model.__class__ = stim_cls
     if pretrained and stim_cls is not None and not kwargs.get('features_only'):
         entry = find_entry(cfg.architecture, cfg.tag)
-        hub_id = getattr(cfg, 'hf_hub_id', None) or ''
-        if entry is not None and entry.num_classes == getattr(model, 'num_classes', None) \
+        hub_id, file = getattr(cfg, 'hf_hub_id', None) or '', getattr(cfg, 'file', None) or ''
+        if file and os.path.isdir(file):  # timm's `local-dir:` name: an exported folder
+            depth_stats.load_beside(model, f'local-dir:{file}')
+        elif entry is not None and entry.num_classes == getattr(model, 'num_classes', None) \
                 and (not hub_id or hub_id == entry.hub_id):
             depth_stats.load_into(model, entry)  # per-depth BN statistics: elastic depth with no data
-        elif hub_id:  # an exported folder (`local-dir:`) or a Hub repository (`hf-hub:`)
+        elif hub_id:  # a Hub repository (`hf-hub:`)
             depth_stats.load_beside(model, hub_id)
     return model
 
