@@ -201,32 +201,30 @@ def measure(args) -> None:
 
 
 @torch.no_grad()
-def latency_tag(name: str, threads: int, repeats: int) -> Dict[str, Any]:
+def latency_tag(name: str, threads: int, repeats: int) -> Dict[tuple, Dict[int, float]]:
+    """Median ms per forward of each shipped configuration at batch 1 and 64, configurations interleaved round-robin
+    (each round times every configuration once), so that a drift of the machine touches all alike."""
     model = timm.create_model(name, pretrained=True).eval()
     rows = list_depths(model, measured=True)
     c, h, w = model.pretrained_cfg['input_size']
-    out = {}
-    for batch in (1, 64):
+    times: Dict[tuple, Dict[int, List[float]]] = {tuple(r['depths']): {1: [], 64: []} for r in rows}
+    for batch, rounds in ((1, repeats), (64, max(5, repeats // 10))):
         x = torch.randn(batch, c, h, w).contiguous(memory_format=torch.channels_last)
-        for r in rows:
-            depths = None if r['full'] else r['depths']
-            with at_depth(model, depths):
-                for _ in range(3):
-                    model(x)
-                times = []
-                for _ in range(repeats if batch == 1 else max(3, repeats // 10)):
+        for i in range(rounds + 2):  # two warm-up rounds
+            for r in rows:
+                with at_depth(model, None if r['full'] else r['depths']):
                     t = time.perf_counter()
                     model(x)
-                    times.append(time.perf_counter() - t)
-            out.setdefault(tuple(r['depths']), {})[batch] = round(1000 * statistics.median(times), 3)
-    return {k: v for k, v in out.items()}
+                    if i >= 2:
+                        times[tuple(r['depths'])][batch].append(time.perf_counter() - t)
+    return {d: {b: round(1000 * statistics.median(v), 3) for b, v in per.items()} for d, per in times.items()}
 
 
 def latency(args) -> None:
     torch.set_num_threads(args.threads)
     report = _load_report()
     from timm_stim.bf16_conv import cpu_name
-    for name in args.tags or stim_tags():
+    for name in args.tags or list(report['tags']):
         times = latency_tag(name, args.threads, args.repeats)
         entry = weights.find_entry(*name.split('.', 1))
         for r in report['tags'][name]['rows']:

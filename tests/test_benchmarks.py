@@ -147,7 +147,7 @@ def test_finetune_benchmark_one_arm_keeps_the_other_arm_of_the_same_tag(tmp_path
     """benchmarks/finetune.py --arm: measuring one arm of a tag (two processes, one per core) keeps the other arm
     already measured under the same schedule, and the README's tables wait until both arms are there."""
     import finetune
-    from timm_stim.cards import finetune_tables
+    from docs import finetune_tables
     settings = dict(epochs=1, lr=0.02, input_size=[1, 28, 28])
     out = tmp_path / 'finetune.json'
     out.write_text(json.dumps(dict(command='c', commit='x', settings=settings, results={

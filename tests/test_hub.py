@@ -99,7 +99,7 @@ def test_release_records_measured_numbers(released, run_dir):
     assert entry.input_size == [3, 32, 32] and entry.storage_dtype == 'float32'
     from timm_stim.cards import depth_table
     assert ev['depth_configurations'] == 27  # ResNet-20: 3 x 3 x 3; the card says the sweep was a sample
-    assert 'over a seeded sample of 4 of the 27 configurations (the full network included)' in depth_table(entry)
+    assert 'Over a seeded sample of 3 of the 26 sub-networks (the full network left out)' in depth_table(entry)
 
 
 def test_released_command_leaves_out_how_the_run_was_resumed():
@@ -480,39 +480,6 @@ def test_a_card_exported_from_a_wheel_equals_one_from_a_clone(run_dir, tmp_path,
     assert 'minus baseline' in card and 'Source: `benchmarks/results/' in card and 'claims no gain' not in card
 
 
-def test_model_card_md_and_readme_zoo_are_current():
-    from timm_stim.cards import README_MARKS, load_results, readme_with_zoo, zoo_card
-    from timm_stim.models.weights import read_manifest
-    entries = read_manifest(REPO / 'weights')
-    runs = load_results(REPO / 'benchmarks' / 'results')
-    expected = zoo_card(entries, runs)
-    assert (REPO / 'MODEL_CARD.md').read_text() == expected, 'MODEL_CARD.md is stale: run python -m timm_stim.cards'
-    if not entries:
-        assert 'No trained checkpoint has been released yet' in expected
-    readme = (REPO / 'README.md').read_text()
-    assert all(mark in readme for mark in README_MARKS), 'README.md lost its generated zoo table'
-    assert readme == readme_with_zoo(readme, entries, runs), "README.md is stale: run python -m timm_stim.cards"
-    assert all(f'`{e.name}`' in readme for e in entries)
-
-
-def test_readme_zoo_block_is_replaced_and_the_rest_kept(released):
-    from timm_stim.cards import README_MARKS, readme_with_zoo
-    _, entry = released
-    start, end = README_MARKS
-    text = readme_with_zoo(f'# head\n{start}\nold table\n{end}\n## tail\n', [entry])
-    assert text.startswith(f'# head\n{start}\nTop-1 re-measured') and text.endswith(f'{end}\n## tail\n')
-    assert 'old table' not in text and f'`{entry.name}`' in text
-    assert readme_with_zoo('no marks here', [entry]) == 'no marks here'
-
-
-def test_zoo_card_lists_released_tags(released):
-    from timm_stim.cards import zoo_card
-    _, entry = released
-    text = zoo_card([entry])
-    assert f'| `{NAME}` | CIFAR-10 | {entry.metrics["top1"]:.2f} |' in text and entry.command in text
-    assert 'No trained checkpoint' not in text
-
-
 def test_wheel_budget_and_where_large_files_live():
     """Weights in the wheel fit it; a file above the per-file limit lives in weights/hub/, out of the wheel, in git
     as parts of at most GIT_PART_MB (under GitHub's 100 MB) that join into exactly the released file; no file is
@@ -530,111 +497,6 @@ def test_wheel_budget_and_where_large_files_live():
             assert parts and sum(p.stat().st_size for p in parts) == e.size, f'{e.name}: its parts are not committed'
             assert all(p.stat().st_size <= GIT_PART_MB * 2 ** 20 for p in parts)
     assert 'hub/*.safetensors' in (REPO / 'weights' / '.gitignore').read_text().split()
-
-
-def test_readme_headline_states_st_pp_against_the_baseline_either_way(tmp_path):
-    """The README's first numbers come from the results runs: every arm and schedule against the baseline, losses
-    included, and the chosen ST++ arm at equal epochs, at equal wall-clock (epochs from arm_cost.json) and as a
-    fine-tune; what has not finished is said so."""
-    from timm_stim.cards import HEADLINE_MARKS, HEADLINE_RUNS, headline, readme_with_zoo
-    chosen = HEADLINE_RUNS['chosen']
-
-    def run(arm, seed, top1, sub, epochs=30):
-        return dict(model='cifar_resnet20' + ('' if arm == 'baseline' else '_stim'), dataset='cifar10', arm=arm,
-                    seed=seed, epochs=epochs, top1=top1, robustness=dict(sub_mean=sub), results_file='cifar10.json')
-    (tmp_path / 'arm_cost.json').write_text(json.dumps({'rows': [dict(arm='baseline', cost_vs_baseline=1.0),
-                                                                 dict(arm=chosen, cost_vs_baseline=1.5)]}))
-    assert headline([], tmp_path).startswith('No finished baseline run yet')
-    runs = [run('baseline', 0, 87.0, 57.0), run('baseline', 1, 86.0, 55.0), run(chosen, 0, 85.5, 75.0),
-            run(chosen, 1, 85.5, 77.0), run('droppath01', 0, 88.0, 70.0, epochs=99)]  # not the equal wall-clock
-    text = headline(runs, tmp_path)
-    assert '| `baseline` | 30 | 2 | 86.50 ± 0.71 | - | 56.0 ± 1.4 | - | 1.00 |' in text  # seed spread of both
-    assert f'| `{chosen}` | 30 | 2 | 85.50 ± 0.00 | -1.00 | 76.0 ± 1.4 | +20.0 | 1.50 |' in text
-    assert (f'equal epochs (30): `{chosen}` (the ST++ recipe chosen in stage 1) minus the baseline: -1.00 pt '
-            'top-1 (seed sd 0.00 over 2 vs 0.71 over 2), +20.0 pt sub-network mean') in text
-    assert 'equal wall-clock (the other arms given 45 epochs' in text and 'not finished yet' in text
-    runs += [run('baseline', 0, 88.5, 58.0, epochs=45), run(f'ft_{chosen}', 0, 86.0, 80.0, epochs=5)]
-    text = headline(runs, tmp_path)
-    assert f'`{chosen}` minus `baseline`: -3.00 pt top-1 (seed sd 0.00 over 2 vs one seed), +18.0 pt' in text
-    assert f'`ft_{chosen}` (5 epochs) minus `{chosen}` from scratch: +0.50 pt top-1' in text
-    assert '| `baseline` | 45 | 1 | 88.50 | - |' in text
-    longer = HEADLINE_RUNS['long']
-    assert f'equal epochs, longer ({longer}; where the crossover lies): not finished yet' in text
-    runs += [run('baseline', 0, 88.0, 58.0, epochs=longer), run(chosen, 0, 88.4, 80.0, epochs=longer)]
-    assert (f'equal epochs, longer ({longer}; where the crossover lies): `{chosen}` minus the baseline: +0.40 pt '
-            'top-1 (one seed each), +22.0 pt sub-network mean') in headline(runs, tmp_path)
-    start, end = HEADLINE_MARKS
-    assert readme_with_zoo(f'a {start}old{end} b', [], runs) == f'a {start}\n{headline(runs)}\n{end} b'
-
-def test_readme_finetune_tables_come_from_finetune_json(tmp_path):
-    """One table per architecture; each tag's fine-tune, and random init once per distinct --stim-* setting."""
-    from timm_stim.cards import finetune_tables
-    assert finetune_tables(tmp_path).startswith('No fine-tuning results yet')
-
-    def arm(top1s, stim, precision='bfloat16'):
-        res = [dict(depths=d, full=i == 0, flops=f, top1=t) for i, (d, f, t) in
-               enumerate(zip([[3, 3, 3], [1, 1, 1]], [62e6, 19e6], top1s))]
-        return dict(stim=stim, precision=precision, results=res)
-    st = ['--stim-mode', 'stpp']
-    report = dict(settings=dict(epochs=1, input_size=[1, 28, 28]), results={
-        'cifar_resnet20_stim.a': dict(pretrained=arm([90, 80], st), scratch=arm([83, 71], st)),
-        'cifar_resnet20.b': dict(pretrained=arm([89, 78], st), scratch=arm([84, 72], st)),
-        'mobilenetv3_large_100_stim.c': dict(pretrained=arm([91, 85], st, 'float32'), scratch=arm([80, 70], st))})
-    (tmp_path / 'finetune.json').write_text(json.dumps(report))
-    text = finetune_tables(tmp_path, recipes={'cifar_resnet20_stim.a': ('stpp', 30), 'cifar_resnet20.b': ('off', None),
-                                              'mobilenetv3_large_100_stim.c': ('stpp', 30)})
-    assert '- `cifar_resnet20_stim.a` minus random initialisation: +7.00 to +9.00 pt' in text
-    assert '- `cifar_resnet20_stim.a` minus the baseline tag `cifar_resnet20.b`: +1.00 to +2.00 pt' in text
-    assert '- `mobilenetv3_large_100_stim.c` minus random initialisation: +11.00 to +15.00 pt' in text
-    assert 'minus the baseline tag `cifar_resnet20_stim.a`' not in text and 'c` minus the baseline' not in text
-    assert text.count('| cifar_resnet20: start | precision | full (62 MFLOPs) | 1,1,1 (19 MFLOPs) |') == 1
-    assert '| `cifar_resnet20_stim.a` | bfloat16 | 90.00 | 80.00 |' in text
-    assert '| random initialisation (`--stim-mode stpp`) | bfloat16 | 83.00 | 71.00 |' in text
-    assert '84.00' not in text  # the same scratch setting of the same architecture is shown once
-    assert '| `mobilenetv3_large_100_stim.c` | float32 | 91.00 | 85.00 |' in text
-    assert text.count('| random initialisation') == 2
-    # an ST tag is compared only with the baseline tag of the same training epochs
-    report['results']['cifar_resnet20.d'] = dict(pretrained=arm([88, 70], st), scratch=arm([84, 72], st))
-    (tmp_path / 'finetune.json').write_text(json.dumps(report))
-    text = finetune_tables(tmp_path, recipes={'cifar_resnet20_stim.a': ('stpp', 100), 'cifar_resnet20.b': ('off', 100),
-                                              'cifar_resnet20.d': ('off', 30)})
-    assert '- `cifar_resnet20_stim.a` minus the baseline tag `cifar_resnet20.b`: +1.00 to +2.00 pt' in text
-    assert 'minus the baseline tag `cifar_resnet20.d`' not in text
-
-
-def test_readme_archs_table_compares_each_architecture_with_its_own_baseline():
-    from timm_stim.cards import archs_table
-    assert archs_table([]).startswith('No finished run of another architecture yet')
-    runs = [dict(model=m, dataset='cifar10', arm=a, seed=0, epochs=30, top1=t, train_hours=h,
-                 robustness=dict(sub_mean=s), results_file='cifar10.json')
-            for m, a, t, s, h in [('resnet18_stim', 'baseline', 84.5, 80.0, 1.0),
-                                  ('resnet18_stim', 'stpp_scale075', 84.0, 83.0, 1.8),
-                                  ('cifar_resnet20', 'baseline', 87.0, 57.0, 1.3)]]  # the headline's, not here
-    text = archs_table(runs)
-    assert '| resnet18 | `baseline` | 30 | 1 | 84.50 | - | 80.0 | - | 1.00 |' in text
-    assert '| resnet18 | `stpp_scale075` | 30 | 1 | 84.00 | -0.50 | 83.0 | +3.0 | 1.80 |' in text
-    assert 'cifar_resnet20' not in text
-    assert 'Falls of' not in text  # no curves, nothing to say
-
-
-def test_setbacks_name_a_run_whose_top1_fell_under_the_shared_recipe():
-    from timm_stim.cards import archs_table, setbacks
-    runs = [dict(model='mobilenetv3_large_100_stim', dataset='cifar10', arm='baseline', seed=0, epochs=6, top1=70.0,
-                 curve_top1=[40.0, 32.0, 27.0, 39.0, 41.0, 70.0]),
-            dict(model='mobilenetv3_large_100_stim', dataset='cifar10', arm='stpp_scale075', seed=0, epochs=6,
-                 top1=60.0, curve_top1=[50.0, 46.0, 47.0, 52.0, 55.0, 60.0]),  # a 4-pt dip: not worth a line
-            dict(model='resnet18_stim', dataset='cifar10', arm='baseline', seed=1, epochs=6, top1=60.0,
-                 curve_top1=[50.0, 55.0, 44.0, 45.0, 46.0, 47.0])]
-    assert setbacks(runs, 'mobilenetv3_large_100', 'cifar10') == [
-        '`baseline` seed 0: validation top-1 fell from 40.00 (epoch 1) to 27.00 (epoch 3) and passed 40.00 again '
-        'at epoch 5 of 6.']
-    assert setbacks(runs, 'resnet18', 'cifar10') == [
-        '`baseline` seed 1: validation top-1 fell from 55.00 (epoch 2) to 44.00 (epoch 3) and never passed it again '
-        'in 6 epochs.']
-    assert setbacks(runs, 'resnet18', 'cifar10', epochs=30) == []
-    text = archs_table([dict(r, results_file='cifar10.json') for r in runs])
-    assert '- mobilenetv3_large_100 `baseline` seed 0: validation top-1 fell from 40.00' in text
-    assert '- resnet18 `baseline` seed 1:' in text and 'stpp_scale075` seed 0: validation' not in text
 
 
 def test_release_and_card_record_a_run_that_changed_precision(tmp_path):
@@ -655,3 +517,43 @@ def test_release_and_card_record_a_run_that_changed_precision(tmp_path):
     assert 'Precision of each launch' in text and all(f'`{x}`' in text for x in lines)
     assert 'Precision of each launch' not in _training(WeightsEntry(model='m', tag='t', file='f', sha256='0' * 64,
                                                                     num_classes=10))
+
+
+def test_card_depth_table_says_how_it_was_measured_and_whether_held_out_numbers_are_clean():
+    """A tag re-released with per-depth statistics: its table is measured exactly as a user runs it (shipped
+    statistics, no data) and says so, with the held-out top-1 and, for a tag trained on all train images, that the
+    held-out numbers are not clean; a tag without them says its numbers need re-estimated statistics. The sub-network
+    min / mean leave the full network out, and the card's usage follows what the tag ships."""
+    from timm_stim.cards import ST_PP_SUMMARY, depth_table, model_card, sub_mean
+    from timm_stim.models.weights import WeightsEntry
+    rows = [dict(depths=[1, 1, 1], full=False, top1=80.15, flops=25e6, params=1, flops_share=0.3063,
+                 heldout_top1=81.2, bn='shipped'),
+            dict(depths=[2, 2, 2], full=False, top1=87.0, flops=53e6, params=1, flops_share=0.653, heldout_top1=88.0,
+                 bn='shipped'),
+            dict(depths=[3, 3, 3], full=True, top1=88.22, flops=81e6, params=1, flops_share=1.0, heldout_top1=92.0,
+                 bn='own')]
+    stats = dict(file='m.t.depths.safetensors', bn_images=2000, heldout=dict(size=5000, of=50000))
+    entry = WeightsEntry(model='cifar_resnet20_stim', tag='t', file='f', sha256='0' * 64, num_classes=10,
+                         dataset='cifar10', depths=rows, depth_stats=stats, evaluation=dict(depth_configurations=27))
+    text = ' '.join(depth_table(entry).split())
+    assert '| 1,1,1 | 80.15 | 25.0 | 31% | 81.20 |' in text and 'top-5' not in text
+    assert ("Measured exactly as a user runs the tag: `timm.create_model('cifar_resnet20_stim.t', "
+            "pretrained=True)`") in text
+    assert '`m.t.depths.safetensors`' in text and 'no data and no re-estimation' in text
+    assert 'This tag was trained on all 50,000 train images, the held-out ones included, so its held-out numbers ' \
+           'are not clean' in text
+    assert sub_mean(rows) == (80.15 + 87.0) / 2
+    assert (f'Over the shipped sub-networks (the full network left out) top-1 is 80.15 min, {sub_mean(rows):.2f} '
+            f'mean') in text
+    clean = dataclasses.replace(entry, train_args=dict(holdout=5000))
+    assert 'not clean' not in depth_table(clean)
+    card = model_card(entry)
+    assert 'timm_stim.set_depth(model, budget=0.5)' in card
+    assert 'recalibrate_bn(model, loader, depths=depths)' not in card
+    old = dataclasses.replace(entry, depth_stats={}, evaluation=dict(bn_recalib=2000),
+                              depths=[{k: v for k, v in r.items() if k not in ('bn', 'heldout_top1')} for r in rows])
+    text = ' '.join(depth_table(old).split())
+    assert 'BatchNorm statistics re-estimated on 2000 training images for each configuration' in text
+    assert 'ships no per-depth statistics' in text and 'held-out' not in text
+    assert 'recalibrate_bn(model, loader, depths=depths)' in model_card(old)
+    assert 'A·LN(z)' in ST_PP_SUMMARY and 'is not trained as usual' in ST_PP_SUMMARY

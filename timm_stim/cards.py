@@ -1,47 +1,35 @@
 #!/usr/bin/env python3
-"""Model cards, generated from the weights manifest and `benchmarks/results/*.json`, never typed by hand.
+"""The Hub card of one tag (`model_card(entry)`, what `timm-stim-export` writes), built from its manifest entry alone.
 
-    python -m timm_stim.cards                 # rewrite MODEL_CARD.md and README.md's generated blocks
-    python -m timm_stim.cards --check         # exit 1 when either is stale (a test runs this)
+YAML front matter as `huggingface_hub.ModelCardData` writes it, timm-style sections, usage that starts with
+`import timm_stim`, the per-depth accuracy / FLOPs table (and how it was measured: with the BatchNorm statistics the
+tag ships, or re-estimated per configuration), the training command, ST++-versus-baseline numbers and limitations.
 
-README.md's generated blocks sit between marks: the headline numbers (HEADLINE_MARKS: every ResNet-20 arm and
-schedule, the chosen ST++ arm at equal epochs, equal wall-clock and as a fine-tune), the other architectures
-(ARCHS_MARKS), the fine-tuning tables (FINETUNE_MARKS, from finetune.json), the zoo table (README_MARKS) and the
-benchmark tables of `## Measured` (`timm_stim.measured`).
+The ST++-versus-baseline numbers are recorded in the entry at release (`comparison_record`, which `timm-stim-release`
+runs in a clone, where `benchmarks/results/` is), so an installed wheel exports the same card as a clone. They come
+from any results JSON with a `runs` list, one item per finished training run: `{"model": "cifar_resnet20",
+"dataset": "cifar10", "arm": "off" | "stpp" | ..., "seed": 0, "epochs": 30, "top1": 91.2}` (`arm` "off" or
+"baseline" is the baseline; the `_stim` suffix of `model` is ignored). A card lists, per arm, mean, sample standard
+deviation, min-max and the number of seeds, for runs of the tag's architecture, dataset and (when its `train_args`
+record them) epochs. "Sub-network mean" is always the mean over the sub-networks with the full network left out.
 
-`model_card(entry)` is the Hub `README.md` of one tag (`timm-stim-export` writes it): YAML front matter as
-`huggingface_hub.ModelCardData` writes it, timm-style sections, usage that starts with `import timm_stim`, the
-per-depth accuracy / FLOPs table and plot, the training command, ST++-versus-baseline numbers and limitations. It is
-built from the manifest entry alone: the ST++-versus-baseline numbers are recorded in the entry at release
-(`comparison_record`; `python -m timm_stim.cards --record-comparisons` refreshes every entry's), so an installed
-wheel (no benchmarks/results/) exports the same card as a clone.
-
-ST++-versus-baseline numbers come from any results JSON with a `runs` list, one item per finished training run:
-`{"model": "cifar_resnet20", "dataset": "cifar10", "arm": "off" | "stpp" | ..., "seed": 0, "epochs": 30,
-"top1": 91.2}` (`arm` "off" or "baseline" is the baseline; the `_stim` suffix of `model` is ignored). A card lists, per arm,
-mean, sample standard deviation, min-max and the number of seeds, for runs of the tag's architecture, dataset and
-(when its `train_args` record them) epochs.
+The repository's documents (README.md, benchmarks/README.md, MODEL_CARD.md) are rendered by `benchmarks/docs.py`.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import statistics
-import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from .measured import measured_blocks
-from .models.weights import (GIT_PART_MB, RELEASE_MAX_MB, WHEEL_BUDGET_MB, WHEEL_MAX_MB, WeightsEntry, read_manifest,
-                             update_manifest)
+from .models.weights import WeightsEntry
 
-__all__ = ['model_card', 'zoo_card', 'load_results', 'arm_stats', 'write_zoo_card', 'card_data',
-           'comparison_record', 'comparison_text', 'record_comparisons']
+__all__ = ['model_card', 'card_data', 'depth_table', 'load_results', 'arm_stats', 'setbacks', 'comparison_record',
+           'comparison_text', 'sub_mean', 'limitations', 'HEADLINE_RUNS', 'PLOT_NAME']
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # a clone's root: benchmarks/results/ is read only there, at release
 PLOT_NAME = 'depth_robustness.png'
 _MODES = {'stpp': 'with Stimulative Training++', 'st': 'with Stimulative Training',
           'off': 'without Stimulative Training (the plain baseline, published for comparison)'}
@@ -52,8 +40,11 @@ ST_PP_SUMMARY = (
     'trains a randomly sampled sub-network (whole residual blocks dropped from the end of stages) to match the full '
     'network\'s prediction with a KL term, so that sub-networks stop "loafing" inside the whole (Ye et al., '
     'NeurIPS 2022). ST++ adds a direction-only KL (KL- on layer-normalised logits), random smaller inputs for the '
-    'sub-networks and an inter-stage sampling rule (Ye et al., 2023); the result is one set of weights whose '
-    'full network is trained as usual and whose sub-networks work on their own (elastic depth).')
+    'sub-networks and an inter-stage sampling rule (Ye et al., 2023). The result is one set of weights whose '
+    'sub-networks work on their own (elastic depth). The full network keeps its cross-entropy loss, but it is not '
+    'trained as usual: the sub-network terms share its weights, and in `stpp` mode (with 3 classes or more) its '
+    'cross-entropy is computed on layer-normalised logits (A·LN(z), as the released code does), not on the raw '
+    'logits.')
 
 BIBTEX = '''```bibtex
 @inproceedings{ye2022stimulative,
@@ -80,15 +71,29 @@ BIBTEX = '''```bibtex
 }
 ```'''
 
+
 LIMITATIONS = (
     '- Trained and evaluated on CIFAR-10 images at 32x32 (unless the tag names another dataset): not ImageNet, and '
     'not meant for larger photos; resize inputs to the model\'s `input_size` and normalise with its mean / std.\n'
     '- Numbers are single-crop top-1 on the dataset\'s validation split (for CIFAR-10 that is the 10,000-image test '
     'set), re-measured in float32 by `timm-stim-release`; they say nothing about distribution shift.\n'
-    '- Sub-network accuracy assumes BatchNorm statistics re-estimated for that depth (`timm_stim.recalibrate_bn`); '
-    'with the stored full-network statistics a sub-network is less accurate.\n'
+    '- A sub-network needs BatchNorm statistics of its own depth. Tags that ship per-depth statistics give the '
+    'per-depth table\'s numbers with no data; for a configuration (or tag) without them the depth switch warns once '
+    'and uses the full network\'s statistics, which costs accuracy: re-estimate them on about 2,000 of your training '
+    'images with `timm_stim.recalibrate_bn(model, loader, depths=...)`.\n'
     '- Whether ST++ beats a plain baseline at the same schedule is stated only from seeded runs recorded in '
     '`benchmarks/results/`.')
+
+
+def limitations(dataset: str) -> str:
+    """LIMITATIONS, and for the dataset of the headline comparison which choices were made on its test split."""
+    if dataset != HEADLINE_RUNS['dataset']:
+        return LIMITATIONS
+    return LIMITATIONS + (
+        '\n- Choices made on the test split: the ST++ settings of the `s075` CIFAR-10 tags (`stpp_scale075`: '
+        '`--stim-space st --stim-min-scale 0.75`) were chosen in stage 1 by a rule applied to CIFAR-10 `val`, which is '
+        'the test set (ResNet-20, 30 epochs); the recipe and the KL- amplitude were settled on `val` images too. New '
+        'choices are made on the held-out split (`timm_stim.heldout`: 5,000 seeded train images).')
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -178,8 +183,6 @@ def _setback_block(lines: Sequence[str]) -> str:
         return ''
     return (f'\n\nFalls of {SETBACK_PT:g} pt or more below the best top-1 so far (one recipe for every arm and '
             f'architecture, not tuned per architecture):\n' + '\n'.join(f'- {line}' for line in lines))
-
-
 # --------------------------------------------------------------------------------------------- sections
 def card_data(entry: WeightsEntry) -> ModelCardData:
     """The front matter: library, license, tags, datasets and the model-index with the measured top-1."""
@@ -195,7 +198,7 @@ def card_data(entry: WeightsEntry) -> ModelCardData:
         eval_results=results or None)
 
 
-def _usage(name: str) -> str:
+def _usage(name: str, shipped: bool) -> str:
     return f'''## Model Usage
 `import timm_stim` registers the model with timm (timm has no plugin entry points), so it comes first.
 
@@ -245,10 +248,21 @@ import timm_stim
 import timm
 
 model = timm.create_model('{name}', pretrained=True).eval()
-print(model.list_depths())                               # per-stage kept blocks of every sub-network
-model.set_depth(model.list_depths()[0])                  # the smallest; re-estimate BN on your data for best accuracy
+{_ELASTIC_SHIPPED if shipped else _ELASTIC_OWN_DATA}
 ```
 '''
+
+
+# the elastic-depth snippet of a card: a tag that ships per-depth BN statistics needs no data, any other does
+_ELASTIC_SHIPPED = '\n'.join([
+    'print(timm_stim.list_depths(model, measured=True))      # the shipped table: MFLOPs, held-out and test top-1',
+    'timm_stim.set_depth(model, budget=0.5)                   # the best shipped depth within half the FLOPs, no data',
+    'print(timm_stim.get_depth(model))                        # what was chosen'])
+_ELASTIC_OWN_DATA = '\n'.join([
+    'depths = timm_stim.list_depths(model)[0]                 # the smallest sub-network',
+    'timm_stim.recalibrate_bn(model, loader, depths=depths)   # no shipped per-depth BN statistics: ~2,000 images',
+    'with timm_stim.at_depth(model, depths):',
+    '    logits = model(x)'])
 
 
 def _fmt(v: Optional[float], digits: int = 2) -> str:
@@ -277,24 +291,71 @@ def _details(entry: WeightsEntry) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def sub_mean(rows: Sequence[Dict[str, Any]]) -> Optional[float]:
+    """The sub-network mean of per-depth rows: their top-1 averaged with the full network left out (the one
+    definition every table and card uses), None when there is no sub-network."""
+    subs = [r['top1'] for r in rows if not r.get('full')]
+    return statistics.fmean(subs) if subs else None
+
+
+def _count(n: Any) -> str:
+    """'2,000' for a number of images, '-' when not recorded."""
+    return f'{n:,}' if isinstance(n, int) else '-'
+
+
+def _how_measured(entry: WeightsEntry, rows: Sequence[Dict[str, Any]]) -> str:
+    """How the per-depth top-1 of `entry` was measured: with the statistics the tag ships (exactly what a user runs)
+    or re-estimated per configuration; and whether its held-out numbers are clean."""
+    shipped = any(r.get('bn') == 'shipped' for r in rows)
+    if not shipped:
+        bn = entry.evaluation.get('bn_recalib')
+        return (f'BatchNorm statistics re-estimated on {bn} training images for each configuration. This tag ships no '
+                f'per-depth statistics: `set_depth` / `at_depth` then use the full network\'s, which costs accuracy, '
+                f'unless you re-estimate them (`timm_stim.recalibrate_bn(model, loader, depths=...)`).')
+    ds = entry.depth_stats
+    text = (f'Measured exactly as a user runs the tag: `timm.create_model(\'{entry.name}\', pretrained=True)`, then '
+            f'`timm_stim.set_depth` / `at_depth`, with the per-depth BatchNorm statistics shipped with the tag '
+            f'(`{ds.get("file", "-")}`; `{ds.get("hf_hub_filename") or "depth_stats.safetensors"}` in an exported or '
+            f'Hub folder; sha256-checked), no data and no re-estimation. They were estimated once, at release, on '
+            f'{_count(ds.get("bn_images"))} training-augmented images outside the held-out split; the full network '
+            f'uses its own.')
+    held = ds.get('heldout') or {}
+    if any(r.get('heldout_top1') is not None for r in rows) and held:
+        text += (f' Held-out top-1: the {_count(held.get("size"))} seeded images of `timm_stim.heldout` (of the '
+                 f'{_count(held.get("of"))} train images), which chose the shipped configurations and rank '
+                 f'`set_depth(budget=...)`.')
+        if not entry.train_args.get('holdout'):
+            text += (f' This tag was trained on all {_count(held.get("of"))} train images, the held-out ones included, '
+                     f'so its held-out numbers are not clean (they score images it trained on); the top-1 column is '
+                     f'the test split.')
+    return text
+
+
 def depth_table(entry: WeightsEntry) -> str:
-    """Markdown table of per-depth top-1 and FLOPs (BN re-estimated per configuration)."""
+    """Markdown table of per-depth top-1 and FLOPs, how it was measured and the sub-network min / mean."""
     if not entry.depths:
         return 'No per-depth measurement was recorded for this tag.\n'
-    rows = ['| kept blocks per stage | top-1 (%) | top-5 (%) | MFLOPs | share of full FLOPs |',
-            '|---|---|---|---|---|']
-    for r in sorted(entry.depths, key=lambda r: r['flops']):
-        star = ' (full)' if r.get('full') else ''
-        rows.append(f'| {",".join(str(d) for d in r["depths"])}{star} | {r["top1"]:.2f} | {r["top5"]:.2f} | '
-                    f'{r["flops"] / 1e6:.1f} | {100 * r["flops_share"]:.0f}% |')
-    tops = [r['top1'] for r in entry.depths]
-    bn = entry.evaluation.get('bn_recalib')
+    rows = sorted(entry.depths, key=lambda r: r['flops'])
+    top5 = all('top5' in r for r in rows)
+    held = any(r.get('heldout_top1') is not None for r in rows)
+    head = (['kept blocks per stage', 'top-1 (%)'] + (['top-5 (%)'] if top5 else []) + ['MFLOPs', 'share of full FLOPs']
+            + (['held-out top-1 (%)'] if held else []))
+    out = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
+    for r in rows:
+        cells = [','.join(str(d) for d in r['depths']) + (' (full)' if r.get('full') else ''), f'{r["top1"]:.2f}']
+        cells += [f'{r["top5"]:.2f}'] if top5 else []
+        cells += [f'{r["flops"] / 1e6:.1f}', f'{100 * r["flops_share"]:.0f}%']
+        cells += [_fmt(r.get('heldout_top1'))] if held else []
+        out.append('| ' + ' | '.join(cells) + ' |')
+    subs = [r['top1'] for r in rows if not r.get('full')]
     total = entry.evaluation.get('depth_configurations')
-    which = (f'a seeded sample of {len(tops)} of the {total} configurations (the full network included)'
-             if total and total > len(tops) else f'{len(tops)} configurations')
-    note = (f'\nBN statistics re-estimated on {bn} training images for each configuration; over '
-            f'{which} top-1 is {min(tops):.2f} min, {statistics.fmean(tops):.2f} mean.\n')
-    return '\n'.join(rows) + '\n' + note
+    shipped = any(r.get('bn') == 'shipped' for r in rows)
+    which = ('the shipped sub-networks' if shipped else
+             f'a seeded sample of {len(subs)} of the {total - 1} sub-networks' if total and total > len(rows)
+             else f'{len(subs)} sub-networks')
+    summary = (f' Over {which} (the full network left out) top-1 is {min(subs):.2f} min, {sub_mean(rows):.2f} mean.'
+               if subs else '')
+    return '\n'.join(out) + f'\n\n{_how_measured(entry, rows)}{summary}\n'
 
 
 def comparison_record(model: str, dataset: str, epochs: Optional[int], runs: Sequence[Dict[str, Any]],
@@ -341,22 +402,6 @@ def comparison_text(record: Dict[str, Any]) -> str:
     return text + f'\n\nSource: `benchmarks/results/{"`, `".join(record.get("files") or [])}`.\n'
 
 
-def comparison(entry: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
-    """The ST++-versus-baseline section of `entry` from the results runs as they are now (MODEL_CARD.md)."""
-    return comparison_text(comparison_record(entry.model, entry.dataset, entry.train_args.get('epochs'), runs))
-
-
-def record_comparisons(weights: Optional[Path] = None, results_dir: Optional[Path] = None) -> List[WeightsEntry]:
-    """Store in every manifest entry its `comparison_record` from the results JSON as they are now (what its Hub
-    card shows); `timm-stim-release` records it for each new tag."""
-    runs = load_results(results_dir)
-
-    def change(entries: List[WeightsEntry]) -> Tuple[List[WeightsEntry], Dict[str, bytes]]:
-        return [dataclasses.replace(e, comparison=comparison_record(
-            e.model, e.dataset, e.train_args.get('epochs'), runs, results_dir)) for e in entries], {}
-    return update_manifest(change, weights or ROOT / 'weights')
-
-
 def _paths_note(entry: WeightsEntry) -> str:
     """How to rerun a recorded command elsewhere: its `--data-dir` and `--output` are the training machine's."""
     if '--data-dir' not in (entry.command or ''):
@@ -391,81 +436,22 @@ def model_card(entry: WeightsEntry, plot: Optional[str] = PLOT_NAME) -> str:
     depth = '## Elastic depth: accuracy and FLOPs per sub-network\n' + depth_table(entry)
     if plot and entry.depths:
         depth += f'\n![top-1 against FLOPs per depth configuration]({plot})\n'
-    body = '\n'.join([intro, _details(entry), _usage(entry.name), depth, _training(entry),
+    shipped = bool(entry.depth_stats.get('file'))
+    body = '\n'.join([intro, _details(entry), _usage(entry.name, shipped), depth, _training(entry),
                       '## ST++ versus baseline\n' + comparison_text(entry.comparison),
-                      '## Limitations\n' + LIMITATIONS + '\n',
+                      '## Limitations\n' + limitations(entry.dataset) + '\n',
                       '## Citation\n' + BIBTEX + '\n'])
     return f'---\n{card_data(entry).to_yaml()}\n---\n\n{body}'
 
 
-# ------------------------------------------------------------------------------------------------- zoo
-def _zoo_row(e: WeightsEntry) -> str:
-    tops = [r['top1'] for r in e.depths]
-    where = 'wheel + Hub' if e.in_wheel else 'git (parts) + Hub'
-    sub = f'{min(tops):.2f} / {statistics.fmean(tops):.2f}' if tops else '-'
-    return (f'| `{e.name}` | {_DATASETS.get(e.dataset, e.dataset)} | {_fmt(e.metrics.get("top1"))} | {sub} | '
-            f'{_fmt(e.stats.get("params_m"))} | {_fmt(e.stats.get("gmacs"), 3)} | {where} | `{e.hub_id}` |')
-
-
-def _zoo_status(entries: Sequence[WeightsEntry]) -> str:
-    if not entries:
-        return ('## Status\nNo trained checkpoint has been released yet: `weights/manifest.json` is empty, so '
-                '`timm.list_pretrained(\'*_stim*\')` lists nothing and `pretrained=True` raises a RuntimeError that '
-                'says so. Long training runs are under way; every tag will be made by `timm-stim-release` (which '
-                're-measures it) and this card regenerated from the manifest. Nothing is claimed here that a '
-                'committed command did not produce.\n')
-    rows = ['| tag | dataset | top-1 | sub-network top-1 min / mean | params (M) | GMACs | where | Hub id |',
-            '|---|---|---|---|---|---|---|---|']
-    return ('## Released weights\nTop-1 re-measured in float32 by `timm-stim-release`; sub-networks with BN '
-            're-estimated per depth configuration.\n\n' + '\n'.join(rows + [_zoo_row(e) for e in entries]) + '\n')
-
-
-def _zoo_entry(e: WeightsEntry, runs: Sequence[Dict[str, Any]]) -> str:
-    return (f'### {e.name}\n' + _training(e)[len('## Training\n'):] + '\n' + depth_table(e) + '\nST++ versus '
-            'baseline:\n\n' + comparison(e, runs))
-
-
-def zoo_card(entries: Sequence[WeightsEntry], runs: Sequence[Dict[str, Any]] = ()) -> str:
-    """MODEL_CARD.md: every tag, its numbers, robustness and how to reproduce it."""
-    parts = ['# timm-stim model card\n\n<!-- generated by `python -m timm_stim.cards` from weights/manifest.json '
-             'and benchmarks/results/*.json; do not edit by hand -->\n', ST_PP_SUMMARY + '\n', _zoo_status(entries)]
-    parts += [_zoo_entry(e, runs) for e in entries]
-    parts += [f'''## Usage
-```python
-import timm_stim
-import timm
-model = timm.create_model('cifar_resnet20_stim', pretrained=True)   # the default tag of a model with weights
-model = timm.create_model('<model>.<tag>', pretrained=True, num_classes=100)   # fine-tune: new head
-```
-
-## Where the weights live
-- A stored file of at most {WHEEL_MAX_MB} MB is `weights/<model>.<tag>.safetensors`: committed, shipped inside the
-  wheel (PyPI limit 100 MB) and also pushed to the Hub. All of them together stay within {WHEEL_BUDGET_MB} MB: one
-  more is refused by the release command, which names the way out.
-- A larger one, and any tag released with `--out-of-wheel` (the baselines of timm's architectures, so that the
-  wheel keeps the default tags), is `weights/hub/<model>.<tag>.safetensors`, kept out of the wheel. Git holds it as
-  byte parts of at most {GIT_PART_MB} MB (`<file>.part1of2`, ...; GitHub refuses files over 100 MB), which a clone
-  joins on first use; an installed wheel fetches it from the Hub at the revision pinned in the manifest
-  (`hf_hub_id` = `org/name@<commit>`). Its sha256 is checked like any local file's. Large files are stored in
-  float16 only when float16 gives the same top-1, except a file over {RELEASE_MAX_MB} MB in float32 (too large for
-  one push of this repository), stored in float16 within 0.1 pt with the float16 top-1 recorded as the tag's.
-- A clone serves every tag offline; `HF_HUB_OFFLINE=1` makes a missing file fail at once.
-
-## Limitations
-{LIMITATIONS}
-
-## Citation
-{BIBTEX}
-''']
-    return '\n'.join(parts)
-
-
-README_MARKS = ('<!-- zoo:start (generated by `python -m timm_stim.cards`; do not edit) -->', '<!-- zoo:end -->')
-HEADLINE_MARKS = ('<!-- numbers:start (generated by `python -m timm_stim.cards`) -->', '<!-- numbers:end -->')
+# ---------------------------------------------------------------------------- the headline comparison
 # The comparison the README leads with (issue 10). `chosen` is the ST++ arm picked by the stage-1 rule of
-# benchmarks/recipes/timm_archs.md; the equal-wall-clock arms ran for the epochs that arm_cost.json gives it.
-# the README's headline comparison; `long`: the longer schedule of the crossover pair (weights issue 10, stage 6)
-HEADLINE_RUNS = dict(model='cifar_resnet20', dataset='cifar10', epochs=30, chosen='stpp_scale075', long=100)
+# benchmarks/recipes/timm_archs.md, applied to CIFAR-10 `val`, which is the test set (`chosen_on` says so wherever
+# the arm is named); the equal-wall-clock arms ran for the epochs that arm_cost.json gives it; `long`: the longer
+# schedule of the pair (weights issue 10, stage 6).
+HEADLINE_RUNS = dict(model='cifar_resnet20', dataset='cifar10', epochs=30, chosen='stpp_scale075', long=100,
+                     chosen_on='chosen in stage 1 by a rule applied to CIFAR-10 `val`, which is the test set; its '
+                               'seed-0 run is also one of the seeds averaged here')
 ARM_COST = 'arm_cost.json'
 
 
@@ -485,15 +471,6 @@ def _stats_by_schedule(runs: Sequence[Dict[str, Any]], model: str, dataset: str)
                         and r.get('dataset') == dataset and isinstance(r.get('epochs'), int)})
     out = {(arm, ep): st for ep in schedules for arm, st in arm_stats(runs, model, dataset, ep).items()}
     return dict(sorted(out.items(), key=lambda kv: (kv[0][0] not in BASELINE_ARMS, kv[0][1], kv[0][0])))
-
-
-def _seeds(st: Dict[str, Any]) -> str:
-    return f'{st["mean"]:.2f} ± {st["sd"]:.2f}' if st['n'] > 1 else f'{st["mean"]:.2f}'
-
-
-def _sub_seeds(st: Dict[str, Any]) -> str:
-    """Sub-network mean top-1, with its seed sd when more than one of the arm's seeds has a sweep."""
-    return _fmt(st['sub_mean'], 1) + (f' ± {st["sub_sd"]:.1f}' if st.get('sub_n', 0) > 1 else '')
 
 
 def _versus(st: Dict[str, Any], ref: Dict[str, Any]) -> str:
@@ -527,7 +504,7 @@ def comparisons(stats: Dict[tuple, Dict[str, Any]], costs: Dict[str, float]) -> 
         return [f'`{chosen}` at {ep} epochs: not finished yet.']
     base = _baseline_at(stats, ep)
     what = f'{st["description"]}; ' if st.get('description') else ''
-    lines = [f'equal epochs ({ep}): `{chosen}` ({what}the ST++ recipe chosen in stage 1) minus the baseline: '
+    lines = [f'equal epochs ({ep}): `{chosen}` ({what}{HEADLINE_RUNS["chosen_on"]}) minus the baseline: '
              + (_versus(st, base) if base else 'no baseline yet')]
     wall = round(ep * costs[chosen]) if chosen in costs else None
     others = {arm: s for (arm, e), s in stats.items() if e == wall and wall != ep}
@@ -543,189 +520,20 @@ def comparisons(stats: Dict[tuple, Dict[str, Any]], costs: Dict[str, float]) -> 
     longer = HEADLINE_RUNS['long']
     st_long = stats.get((chosen, longer))
     base_long = _baseline_at(stats, longer)
-    lines.append(f'equal epochs, longer ({longer}; where the crossover lies): ' + (
-        f'`{chosen}` minus the baseline: {_versus(st_long, base_long)}' if st_long and base_long
-        else 'not finished yet'))
+    lines.append(f'equal epochs, longer ({longer}): ' + (
+        f'`{chosen}` minus the baseline: {_versus(st_long, base_long)}; {_crossover(st, base, st_long, base_long)}'
+        if st_long and base_long else 'not finished yet'))
     return lines
 
 
-def headline(runs: Sequence[Dict[str, Any]], results_dir: Optional[Path] = None) -> str:
-    """README's first numbers: every arm and schedule of HEADLINE_RUNS (finished runs only) in one table, losses
-    included, then the chosen ST++ arm against what a user would train instead."""
-    h = HEADLINE_RUNS
-    stats = _stats_by_schedule(runs, h['model'], h['dataset'])
-    where = (f'CIFAR-10, ResNet-20, one recipe for every arm, sub-networks with BN re-estimated; '
-             f'`benchmarks/results/cifar10.json`')
-    if not any(arm in BASELINE_ARMS for arm, _ in stats):
-        return f'No finished baseline run yet ({where}).'
-    costs = step_costs(results_dir)
-    rows = _arm_head('step cost') + _arm_rows(stats, lambda arm, st: _fmt(costs.get(arm.removeprefix('ft_'))))
-    return (f'Measured ({where}; step cost: one-thread time per training step over the baseline\'s, '
-            f'`{ARM_COST}`):\n\n' + '\n'.join(f'- {line}' for line in comparisons(stats, costs))
-            + '\n\n' + '\n'.join(rows))
+def _crossover(st: Dict[str, Any], base: Optional[Dict[str, Any]], st_long: Dict[str, Any],
+               base_long: Dict[str, Any]) -> str:
+    """Whether the chosen arm's full-network top-1 passed the baseline's between the two schedules."""
+    longer = HEADLINE_RUNS['long']
+    if st_long['mean'] < base_long['mean']:
+        return f'no crossover observed within {longer} epochs (the full network stays below the baseline)'
+    if base is not None and st['mean'] < base['mean']:
+        return f'ST++ passed the baseline between {HEADLINE_RUNS["epochs"]} and {longer} epochs'
+    return 'ST++ is above the baseline at both schedules'
 
 
-def _arm_head(last: str, first: str = '') -> List[str]:
-    """The header of an `_arm_rows` table."""
-    cols = ([first] if first else []) + ['arm', 'epochs', 'seeds', 'top-1 (mean ± sd)', 'minus the baseline (same '
-                                         'epochs)', 'sub-network mean (± sd)', 'minus the baseline', last]
-    return ['| ' + ' | '.join(cols) + ' |', '|---' * len(cols) + '|']
-
-
-def _arm_rows(stats: Dict[tuple, Dict[str, Any]], last: Callable[[str, Dict[str, Any]], str],
-             first: str = '') -> List[str]:
-    """Table rows of `_stats_by_schedule` stats: arm, epochs, seeds, top-1, its difference from the baseline of the
-    same epochs, sub-network mean and its difference; `last(arm, st)` fills the final column, `first` leads."""
-    rows = []
-    for (arm, ep), st in stats.items():
-        base = _baseline_at(stats, ep)
-        what = f' ({st["description"]})' if st.get('description') else ''
-        diff = f'{st["mean"] - base["mean"]:+.2f}' if base and base is not st else '-'
-        sub_diff = (f'{st["sub_mean"] - base["sub_mean"]:+.1f}' if base and base is not st and st['sub_mean']
-                    is not None and base['sub_mean'] is not None else '-')
-        rows.append(f'| {first}`{arm}`{what} | {ep} | {st["n"]} | {_seeds(st)} | {diff} | '
-                    f'{_sub_seeds(st)} | {sub_diff} | {last(arm, st)} |')
-    return rows
-
-
-ARCHS_MARKS = ('<!-- archs:start (generated by `python -m timm_stim.cards`) -->', '<!-- archs:end -->')
-
-
-def archs_table(runs: Sequence[Dict[str, Any]], dataset: str = 'cifar10') -> str:
-    """Every other architecture's finished runs on `dataset` (timm's ResNets and MobileNetV3, ResNet-56): ST++
-    against the baseline of the same recipe and epochs, with training hours (one thread, evaluation excluded)."""
-    models = sorted({_base(str(r.get('model'))) for r in runs if r.get('dataset') == dataset
-                     and _base(str(r.get('model'))) != HEADLINE_RUNS['model']})
-    rows = _arm_head('training hours', 'model')
-    falls = []
-    for model in models:
-        rows += _arm_rows(_stats_by_schedule(runs, model, dataset), lambda arm, st: _fmt(st['hours']),
-                          first=f'{model} | ')
-        falls += [f'{model} {line}' for line in setbacks(runs, model, dataset)]
-    if len(rows) == 2:
-        return 'No finished run of another architecture yet.'
-    return ('Finished runs (`benchmarks/results/cifar10.json`; sub-networks with BN re-estimated, every '
-            'configuration or a seeded sample of 20 plus the full network):\n\n' + '\n'.join(rows)
-            + _setback_block(falls))
-
-
-FINETUNE_MARKS = ('<!-- finetune:start (generated by `python -m timm_stim.cards`) -->', '<!-- finetune:end -->')
-
-
-def _gap(tops: Dict[tuple, float], ref: Dict[tuple, float]) -> str:
-    """'+0.03 to +3.98 pt': the range over depth configurations of `tops` minus `ref`."""
-    diffs = [tops[k] - ref[k] for k in ref if k in tops]
-    return f'{min(diffs):+.2f} to {max(diffs):+.2f} pt' if diffs else '-'
-
-
-def _st_minus_baseline(tag: Optional[Tuple[str, Optional[int]]], base: Optional[Tuple[str, Optional[int]]]) -> bool:
-    """Whether `tag` (stim mode, epochs) is an ST tag to compare with the baseline tag `base` of the same epochs."""
-    return (tag is not None and base is not None and tag[0] != 'off' and base[0] == 'off'
-            and _same_epochs(tag[1], base[1]))
-
-
-def finetune_tables(results_dir: Optional[Path] = None,
-                    recipes: Optional[Dict[str, Tuple[str, Optional[int]]]] = None) -> str:
-    """README's fine-tuning tables from finetune.json: per architecture, each measured tag's fine-tune and the same
-    schedule from random initialisation (once per distinct `--stim-*` setting), top-1 per depth configuration; then
-    each tag minus its random initialisation, and each ST tag minus the baseline tags of the architecture trained for
-    the same epochs (`recipes`: `<model>.<tag>` to its `--stim-mode` and training epochs, default from the manifest)."""
-    if recipes is None:
-        recipes = {e.name: (e.mode, e.train_args.get('epochs')) for e in read_manifest(ROOT / 'weights', strict=False)}
-    path = (Path(results_dir) if results_dir is not None else ROOT / 'benchmarks' / 'results') / 'finetune.json'
-    try:
-        report = json.loads(path.read_text())
-        results, settings = report['results'], report['settings']
-    except (OSError, ValueError, KeyError, TypeError):
-        return 'No fine-tuning results yet (`python benchmarks/finetune.py`).'
-    by_model: Dict[str, Dict[str, Any]] = {}
-    for tag, arms in results.items():  # a tag with one arm measured so far (`finetune.py --arm`) waits for the other
-        if {'pretrained', 'scratch'} <= set(arms):
-            by_model.setdefault(_base(tag.split('.')[0]), {})[tag] = arms
-    out = [f'Fashion-MNIST test top-1 (%) after {settings["epochs"]} epoch(s) at {settings["input_size"][1]}x'
-           f'{settings["input_size"][2]}, one seed, BN re-estimated per depth; `benchmarks/results/finetune.json` '
-           f'(each result records its command and commit).']
-    for model, tags in by_model.items():
-        first = next(iter(tags.values()))['pretrained']['results']
-        heads = [('full' if r['full'] else ','.join(map(str, r['depths']))) + f' ({r["flops"] / 1e6:.0f} MFLOPs)'
-                 for r in first]
-        rows = [f'| {model}: start | precision | ' + ' | '.join(heads) + ' |', '|---' * (len(heads) + 2) + '|']
-        scratch_seen = set()
-        tops = {(tag, arm): {tuple(x['depths']): x['top1'] for x in arms[arm]['results']}
-                for tag, arms in tags.items() for arm in ('pretrained', 'scratch')}
-        for tag, arms in tags.items():
-            for arm in ('pretrained', 'scratch'):
-                r = arms[arm]
-                stim = ' '.join(r['stim'])
-                if arm == 'scratch':
-                    if stim in scratch_seen:
-                        continue
-                    scratch_seen.add(stim)
-                label = f'`{tag}`' if arm == 'pretrained' else f'random initialisation (`{stim}`)'
-                rows.append(f'| {label} | {r.get("precision") or settings.get("precision", "?")} | '
-                            + ' | '.join(_fmt(tops[(tag, arm)].get(tuple(x['depths']))) for x in first) + ' |')
-        gaps = [f'`{tag}` minus random initialisation: {_gap(tops[(tag, "pretrained")], tops[(tag, "scratch")])}'
-                for tag in tags]
-        gaps += [f'`{tag}` minus the baseline tag `{base}`: '
-                 + _gap(tops[(tag, 'pretrained')], tops[(base, 'pretrained')])
-                 for base in tags for tag in tags if _st_minus_baseline(recipes.get(tag), recipes.get(base))]
-        out.append('\n'.join(rows) + '\n\nOver these depths:\n' + '\n'.join(f'- {gap}' for gap in gaps))
-    return '\n\n'.join(out)
-
-
-def _replace_block(text: str, marks: Sequence[str], body: str, sep: str = '\n') -> str:
-    start, end = marks
-    if start not in text or end not in text:
-        return text
-    head, rest = text.split(start, 1)
-    return f'{head}{start}{sep}{body}{sep}{end}{rest.split(end, 1)[1]}'
-
-
-def readme_with_zoo(readme: str, entries: Sequence[WeightsEntry], runs: Sequence[Dict[str, Any]] = ()) -> str:
-    """README.md with its generated blocks replaced: the zoo table between README_MARKS (the same rows as
-    MODEL_CARD.md), the headline numbers between HEADLINE_MARKS, the other architectures, the fine-tuning tables and
-    the benchmark tables of `timm_stim.measured`; text without the marks is kept as it is."""
-    readme = _replace_block(readme, README_MARKS, _zoo_status(entries).split('\n', 1)[1].strip())
-    for marks, body in measured_blocks().items():
-        readme = _replace_block(readme, marks, body)
-    readme = _replace_block(readme, FINETUNE_MARKS, finetune_tables())
-    readme = _replace_block(readme, ARCHS_MARKS, archs_table(runs))
-    return _replace_block(readme, HEADLINE_MARKS, headline(runs))
-
-
-def write_zoo_card(path: Optional[Path] = None, weights: Optional[Path] = None,
-                   results: Optional[Path] = None) -> str:
-    """Regenerate MODEL_CARD.md; returns its text."""
-    text = zoo_card(read_manifest(weights or ROOT / 'weights'), load_results(results))
-    Path(path or ROOT / 'MODEL_CARD.md').write_text(text)
-    return text
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m timm_stim.cards', description='Regenerate MODEL_CARD.md.')
-    p.add_argument('--output', default=str(ROOT / 'MODEL_CARD.md'))
-    p.add_argument('--check', action='store_true', help='exit 1 if the file is stale, write nothing')
-    p.add_argument('--readme', default=str(ROOT / 'README.md'), help='README whose zoo table is regenerated')
-    p.add_argument('--record-comparisons', action='store_true',
-                   help="store each manifest entry's ST++-versus-baseline numbers from benchmarks/results/ (what its "
-                        "Hub card shows), then regenerate")
-    args = p.parse_args(argv)
-    if args.record_comparisons and not args.check:
-        record_comparisons()
-    entries = read_manifest(ROOT / 'weights')
-    readme = Path(args.readme).read_text() if Path(args.readme).is_file() else ''
-    runs = load_results()
-    outputs = {Path(args.output): zoo_card(entries, runs), Path(args.readme): readme_with_zoo(readme, entries, runs)}
-    stale = [p for p, text in outputs.items() if (p.read_text() if p.is_file() else '') != text]
-    if args.check:
-        for path in stale:
-            print(f'{path} is stale: run python -m timm_stim.cards', file=sys.stderr)
-        return 1 if stale else 0
-    for path in stale:
-        path.write_text(outputs[path])
-        print(f'wrote {path}')
-    return 0
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())
