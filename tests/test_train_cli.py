@@ -216,7 +216,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ validate
 @pytest.mark.slow
 @needs_cifar
-def test_validate_full_subnetwork_and_robustness(stpp_run, tmp_path):
+def test_validate_full_subnetwork_and_robustness(stpp_run, tmp_path, capsys):
     from timm_stim.validate import main
     out, _ = stpp_run
     common = ['--data-dir', str(CIFAR), '--model', 'cifar_resnet20', '--checkpoint', str(out / 'last.pth.tar'),
@@ -232,8 +232,10 @@ def test_validate_full_subnetwork_and_robustness(stpp_run, tmp_path):
     assert (tmp_path / 'rob.png').is_file()
     flops = [r['flops'] for r in data['results']]
     assert max(flops) == flops[-1]
-    with pytest.raises(ValueError, match='stage'):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # bad depths: one line naming the stage, exit code 2
         main(common + ['--depths', '9,9,9'])
+    assert exit_info.value.code == 2 and 'stage layer1 can keep 1..3 blocks, not 9' in capsys.readouterr().err
 
 
 def _tiny_folder(data, per_class=8):
