@@ -164,7 +164,11 @@ def test_heldout_split_is_fixed_and_disjoint():
     assert len(held) == 5000 and len(train) == 45000
     assert not set(held.tolist()) & set(train.tolist())
     assert torch.equal(held, heldout_indices(50000))
-    assert heldout_record(50000)['indices_sha256'] == heldout_record(50000)['indices_sha256']
+    import hashlib
+    record = heldout_record(50000)  # pins the exact indices: the sha256 of the comma-joined sorted list
+    assert record['size'] == 5000 and record['seed'] == 0 and record['of'] == 50000
+    assert record['indices_sha256'] == hashlib.sha256(','.join(map(str, held.tolist())).encode()).hexdigest()
+    assert heldout_record(50000, seed=1)['indices_sha256'] != record['indices_sha256']
     with pytest.raises(ValueError):
         heldout_indices(100, size=100)
 

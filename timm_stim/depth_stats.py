@@ -22,25 +22,15 @@ import torch
 import torch.nn as nn
 
 from .atomic import atomic_path
-from .elastic import BNStats, Depths, attach_depth_stats, recalibrate_bn, stats_table
+from .elastic import BNStats, Depths, attach_depth_stats
 
-__all__ = ['FORMAT', 'config_key', 'estimate', 'to_bytes', 'save', 'load', 'resolve', 'load_into']
+__all__ = ['FORMAT', 'config_key', 'to_bytes', 'save', 'load', 'resolve', 'load_into']
 
 FORMAT = 'timm-stim-depth-stats/1'
 
 
 def config_key(depths: Sequence[int]) -> str:
     return '-'.join(str(int(d)) for d in depths)
-
-
-def estimate(model: nn.Module, batches: Any, configs: Sequence[Sequence[int]], num_images: int = 2000
-             ) -> Dict[Depths, BNStats]:
-    """Statistics of each configuration on `num_images` images; `batches(depths)` returns a fresh iterable of
-    batches (the same images for every configuration keeps them comparable). The model's own are untouched."""
-    for depths in configs:
-        recalibrate_bn(model, batches(tuple(depths)), num_images, depths=depths)
-    table = stats_table(model)
-    return {tuple(d): table[tuple(d)] for d in configs if tuple(d) in table}
 
 
 def to_bytes(table: Mapping[Sequence[int], BNStats], info: Mapping[str, Any]) -> bytes:
