@@ -3,6 +3,7 @@
 
     python benchmarks/elastic.py measure [--tags NAME ...]   # estimate, measure, re-release the tags' statistics
     python benchmarks/elastic.py latency [--tags NAME ...]   # batch-1 / batch-64 latency of each shipped depth
+    python benchmarks/elastic.py spread --tag NAME --depths 1,1,1   # how much re-estimation (c) moves by seed
     python benchmarks/elastic.py plot
 
 `measure`, per `_stim` tag of the manifest (CIFAR-10; float32, as `model(x)` runs for a user):
@@ -194,10 +195,19 @@ def _load_report() -> Dict[str, Any]:
 
 
 def measure(args) -> None:
-    report = _load_report()
     for name in args.tags or stim_tags():
-        report['tags'][name] = measure_tag(name, args.max_all)
-        _write(report, args)
+        result = dict(measure_tag(name, args.max_all), command=command_line('benchmarks/elastic.py'))
+        with _report_lock():  # two measurements may run at once (one tag each): merge, never overwrite
+            report = _load_report()
+            report['tags'][name] = result
+            _write(report, args)
+
+
+def _report_lock():
+    """A file lock around each read-modify-write of elastic.json (git-ignored, beside it)."""
+    from filelock import FileLock
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(OUT.with_name('.elastic.lock')))
 
 
 @torch.no_grad()
@@ -234,8 +244,39 @@ def latency(args) -> None:
         table, _ = depth_stats.load(depth_stats.resolve(entry))
         release(entry, table, shipped, report['tags'][name]['heldout'], machine=cpu_name())
         report['tags'][name]['latency'] = dict(threads=args.threads, precision='float32', machine=cpu_name(),
-                                              note='medians; training runs paused while measured')
+                                              note='medians; training runs paused while measured',
+                                              command=command_line('benchmarks/elastic.py'))
         print(f'{name}: latency of {len(times)} configurations', flush=True)
+        _write(report, args)
+
+
+@torch.no_grad()
+def spread(args) -> None:
+    """How much (c) itself moves: top-1 of one configuration with statistics re-estimated on 2,000 images drawn with
+    each of `--seeds`, against what the tag ships; into the tag's `recalib_spread` in elastic.json."""
+    depths = tuple(int(d) for d in args.depths.split(','))
+    model = timm.create_model(args.tag, pretrained=True).eval()
+    bench = Bench(model)
+    shipped = bench.top1(model, bench.test, depths)
+    forget_stats(model)
+    runs = {}
+    for seed in args.seeds:
+        timm_stim.recalibrate_bn(model, bench.bn_batches(seed), BN_IMAGES, depths=depths)
+        runs[seed] = bench.top1(model, bench.test, depths)
+        print(f'{args.tag} {depths} seed {seed}: {runs[seed]} (shipped {shipped})', flush=True)
+    with _report_lock():  # one entry per configuration: seeds measured by earlier calls are kept
+        report = _load_report()
+        entries = report['tags'][args.tag].setdefault('recalib_spread', [])
+        old = next((e for e in entries if tuple(e['depths']) == depths), None)
+        if old is not None:
+            entries.remove(old)
+        by_seed = {**(old or {}).get('recalib_by_seed', {}), **{str(k): v for k, v in runs.items()}}
+        by_seed = dict(sorted(by_seed.items(), key=lambda kv: int(kv[0])))
+        vals = list(by_seed.values())
+        commands = (old or {}).get('commands', []) + [command_line('benchmarks/elastic.py')]
+        entries.append(dict(depths=list(depths), shipped=shipped, shipped_seed=SHIPPED_SEED, recalib_by_seed=by_seed,
+                            mean=round(statistics.fmean(vals), 3), bn_images=BN_IMAGES, commands=commands,
+                            sd=round(statistics.stdev(vals), 3) if len(vals) > 1 else None))
         _write(report, args)
 
 
@@ -275,12 +316,16 @@ def main(argv=None) -> None:
     lt.add_argument('--tags', nargs='*')
     lt.add_argument('--threads', type=int, default=1)
     lt.add_argument('--repeats', type=int, default=50)
+    sp = sub.add_parser('spread', help='top-1 of one configuration re-estimated with several seeds')
+    sp.add_argument('--tag', required=True)
+    sp.add_argument('--depths', required=True, help='e.g. 1,1,1')
+    sp.add_argument('--seeds', type=int, nargs='+', default=[2, 3, 4, 5, 6])
     sub.add_parser('plot')
     args = p.parse_args(argv)
     if args.cmd == 'plot':
         plot(_load_report(), OUT.with_suffix('.png'))
         return
-    {'measure': measure, 'latency': latency}[args.cmd](args)
+    {'measure': measure, 'latency': latency, 'spread': spread}[args.cmd](args)
 
 
 if __name__ == '__main__':
