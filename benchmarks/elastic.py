@@ -197,17 +197,18 @@ def _load_report() -> Dict[str, Any]:
 def measure(args) -> None:
     for name in args.tags or stim_tags():
         result = dict(measure_tag(name, args.max_all), command=command_line('benchmarks/elastic.py'))
-        with _report_lock():  # two measurements may run at once (one tag each): merge, never overwrite
-            report = _load_report()
-            report['tags'][name] = result
-            _write(report, args)
+        _update_tag(args, name, lambda tags: tags.__setitem__(name, result))
 
 
-def _report_lock():
-    """A file lock around each read-modify-write of elastic.json (git-ignored, beside it)."""
+def _update_tag(args, name: str, change) -> None:
+    """Apply `change(report['tags'])` to elastic.json as read now, under a file lock (git-ignored, beside it), and
+    write it: several measurements may run at once, one tag each, and each merges instead of overwriting."""
     from filelock import FileLock
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(OUT.with_name('.elastic.lock')))
+    with FileLock(str(OUT.with_name('.elastic.lock'))):
+        report = _load_report()
+        change(report['tags'])
+        _write(report, args)
 
 
 @torch.no_grad()
@@ -232,22 +233,23 @@ def latency_tag(name: str, threads: int, repeats: int) -> Dict[tuple, Dict[int, 
 
 def latency(args) -> None:
     torch.set_num_threads(args.threads)
-    report = _load_report()
     from timm_stim.bf16_conv import cpu_name
-    for name in args.tags or list(report['tags']):
+    for name in args.tags or list(_load_report()['tags']):
         times = latency_tag(name, args.threads, args.repeats)
-        entry = weights.find_entry(*name.split('.', 1))
-        for r in report['tags'][name]['rows']:
-            if tuple(r['depths']) in times:
-                r['latency_ms'], r['latency_ms_b64'] = times[tuple(r['depths'])][1], times[tuple(r['depths'])][64]
-        shipped = [r for r in report['tags'][name]['rows'] if r.get('shipped')]
-        table, _ = depth_stats.load(depth_stats.resolve(entry))
-        release(entry, table, shipped, report['tags'][name]['heldout'], machine=cpu_name())
-        report['tags'][name]['latency'] = dict(threads=args.threads, precision='float32', machine=cpu_name(),
-                                              note='medians; training runs paused while measured',
-                                              command=command_line('benchmarks/elastic.py'))
+
+        def change(tags, name=name, times=times):
+            for r in tags[name]['rows']:
+                if tuple(r['depths']) in times:
+                    r['latency_ms'], r['latency_ms_b64'] = times[tuple(r['depths'])][1], times[tuple(r['depths'])][64]
+            entry = weights.find_entry(*name.split('.', 1))
+            table, _ = depth_stats.load(depth_stats.resolve(entry))
+            release(entry, table, [r for r in tags[name]['rows'] if r.get('shipped')], tags[name]['heldout'],
+                    machine=cpu_name())
+            tags[name]['latency'] = dict(threads=args.threads, precision='float32', machine=cpu_name(),
+                                         note='medians; training runs paused while measured',
+                                         command=command_line('benchmarks/elastic.py'))
+        _update_tag(args, name, change)
         print(f'{name}: latency of {len(times)} configurations', flush=True)
-        _write(report, args)
 
 
 @torch.no_grad()
@@ -264,20 +266,19 @@ def spread(args) -> None:
         timm_stim.recalibrate_bn(model, bench.bn_batches(seed), BN_IMAGES, depths=depths)
         runs[seed] = bench.top1(model, bench.test, depths)
         print(f'{args.tag} {depths} seed {seed}: {runs[seed]} (shipped {shipped})', flush=True)
-    with _report_lock():  # one entry per configuration: seeds measured by earlier calls are kept
-        report = _load_report()
-        entries = report['tags'][args.tag].setdefault('recalib_spread', [])
-        old = next((e for e in entries if tuple(e['depths']) == depths), None)
-        if old is not None:
+    def change(tags):  # one entry per configuration: seeds measured by earlier calls are kept
+        entries = tags[args.tag].setdefault('recalib_spread', [])
+        old = next((e for e in entries if tuple(e['depths']) == depths), {})
+        if old:
             entries.remove(old)
-        by_seed = {**(old or {}).get('recalib_by_seed', {}), **{str(k): v for k, v in runs.items()}}
+        by_seed = {**old.get('recalib_by_seed', {}), **{str(k): v for k, v in runs.items()}}
         by_seed = dict(sorted(by_seed.items(), key=lambda kv: int(kv[0])))
         vals = list(by_seed.values())
-        commands = (old or {}).get('commands', []) + [command_line('benchmarks/elastic.py')]
         entries.append(dict(depths=list(depths), shipped=shipped, shipped_seed=SHIPPED_SEED, recalib_by_seed=by_seed,
-                            mean=round(statistics.fmean(vals), 3), bn_images=BN_IMAGES, commands=commands,
+                            mean=round(statistics.fmean(vals), 3), bn_images=BN_IMAGES,
+                            commands=old.get('commands', []) + [command_line('benchmarks/elastic.py')],
                             sd=round(statistics.stdev(vals), 3) if len(vals) > 1 else None))
-        _write(report, args)
+    _update_tag(args, args.tag, change)
 
 
 def _write(report: Dict[str, Any], args) -> None:

@@ -159,3 +159,18 @@ def test_finetune_benchmark_one_arm_keeps_the_other_arm_of_the_same_tag(tmp_path
     assert finetune.parse_args(['a.t', '--arm', 'scratch']).arms == ['scratch']
     assert finetune.parse_args(['a.t']).arms is None
     assert 'a.t' not in finetune_tables(tmp_path, recipes={})
+
+
+def test_elastic_report_updates_merge_tags_written_by_another_measurement(tmp_path, monkeypatch):
+    """`measure`, `latency` and `spread` change elastic.json as it is when they finish (under a lock): a tag another
+    process wrote meanwhile survives, and a change sees the file's current content, not what it read at start."""
+    import argparse
+    import elastic
+    monkeypatch.setattr(elastic, 'OUT', tmp_path / 'elastic.json')
+    args = argparse.Namespace(threads=1)
+    elastic._update_tag(args, 'a', lambda tags: tags.__setitem__('a', {'rows': [1]}))
+    (tmp_path / 'elastic.json').write_text(json.dumps(dict(json.loads((tmp_path / 'elastic.json').read_text()),
+                                                           tags={'a': {'rows': [1]}, 'b': {'rows': [2]}})))
+    elastic._update_tag(args, 'a', lambda tags: tags['a'].update(latency={'threads': 1}))
+    tags = json.loads((tmp_path / 'elastic.json').read_text())['tags']
+    assert tags == {'a': {'rows': [1], 'latency': {'threads': 1}}, 'b': {'rows': [2]}}
