@@ -2,6 +2,7 @@
 """Elastic depth with no data: ship per-depth BatchNorm statistics with every `_stim` tag and measure what a user gets.
 
     python benchmarks/elastic.py measure [--tags NAME ...]   # estimate, measure, re-release the tags' statistics
+    python benchmarks/elastic.py measure --reestimate [--tags NAME ...]   # estimate the shipped set again
     python benchmarks/elastic.py latency [--tags NAME ...]   # batch-1 / batch-64 latency of each shipped depth
     python benchmarks/elastic.py spread --tag NAME --depths 1,1,1   # how much re-estimation (c) moves by seed
     python benchmarks/elastic.py plot
@@ -9,13 +10,16 @@
 `measure`, per `_stim` tag of the manifest (CIFAR-10; float32, as `model(x)` runs for a user):
 1. The configurations: every one for a network with at most `--max-all` (64) of them, else the configurations the
    tag's release measured (its manifest `depths` rows: the seeded sample and the full network) and the uniform ones.
-2. For each: BatchNorm statistics estimated on 2,000 training-augmented images (the recipe's re-estimation) drawn
-   from the 45,000 train images outside the held-out split (`timm_stim.heldout`), then top-1 on the held-out 5,000
-   and on the 10,000 test images with (a) those statistics, what the tag ships; (b) the full network's statistics;
-   (c) statistics estimated again on 2,000 other images (another seed), what a user with data would get.
+2. For each, on training-augmented images (the recipe's re-estimation) drawn from the 45,000 train images outside
+   the held-out split (`timm_stim.heldout`): top-1 on the 10,000 test images with (b) the full network's statistics
+   and (c) statistics estimated on 2,000 images (`recalibrate_bn`'s default: what a user with data gets); then
+   (a) statistics estimated on `--bn-images` (10,000) other images, what the tag ships, and its top-1 on the
+   held-out 5,000 and on test. (a) uses more images than (c) because a 2,000-image estimate moves top-1 by a few
+   tenths from draw to draw (`spread`); shipping the steadier estimate keeps (a) from being an unlucky draw.
 3. Ships every measured configuration of a small network (weights under 8 MB); for a larger one the Pareto set
-   (best held-out top-1 per FLOPs), cut to about 10 % of the weights file. Writes `<model>.<tag>.depths.safetensors` into weights/, the
-   manifest entry's `depth_stats` and its per-depth table `depths` (now the shipped-statistics top-1).
+   (best held-out top-1 per FLOPs), cut to about 10 % of the weights file. Writes `<model>.<tag>.depths.safetensors`
+   into weights/, the manifest entry's `depth_stats` and its per-depth table `depths` (the shipped-statistics top-1).
+   `--reestimate` repeats (a) for the set a tag already ships (its elastic.json entry) and keeps the rest.
 `latency` adds per configuration the median time of one image and of a batch of 64 (float32, eval, `--threads`),
 to be run with nothing else on the CPU, and rewrites the statistics files with it (the table `budget_ms` reads).
 Results: benchmarks/results/elastic.json and elastic.png.
@@ -47,7 +51,8 @@ from timm_stim.models import weights  # noqa: E402
 
 DATA = (ROOT / '..' / 'shared' / 'data' / 'cifar10').resolve()
 OUT = ROOT / 'benchmarks' / 'results' / 'elastic.json'
-BN_IMAGES = 2000
+SHIPPED_IMAGES = 10000  # what a tag ships: estimated on more images than a user would use, so it is the steadier
+RECALIB_IMAGES = 2000  # (c): what a user with data gets from recalibrate_bn's default
 SHIPPED_SEED, RECALIB_SEED = 1, 2
 SIZE_SHARE = 0.10  # statistics of a large network: at most ~10 % of its weights file
 PARTIAL = Path.home() / '.cache' / 'timm_stim' / 'elastic_partial'  # resume points (outside the repository)
@@ -107,15 +112,43 @@ def pareto(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
-def measure_tag(name: str, max_all: int) -> Dict[str, Any]:
+def measure_config(model, bench: 'Bench', depths: tuple, full: bool, bn_images: int,
+                   prior: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Top-1 of one configuration: (b) the full network's statistics and (c) statistics re-estimated on
+    `RECALIB_IMAGES` images (taken from `prior`, a row of an earlier measurement, when it has them: neither depends on
+    what ships), then (a) statistics estimated on `bn_images` images (left attached: what the tag ships)."""
+    if full:
+        if prior and 'heldout_top1' in prior:  # the full network's own statistics: nothing to estimate
+            return {k: prior[k] for k in ('heldout_top1', 'top1', 'top1_full_stats', 'top1_recalib')}
+        top1 = bench.top1(model, bench.test, None)
+        return dict(heldout_top1=bench.top1(model, bench.heldout, None), top1=top1, top1_full_stats=top1,
+                    top1_recalib=top1)
+    row = {k: prior[k] for k in ('top1_full_stats', 'top1_recalib') if prior and k in prior}
+    if len(row) < 2:
+        row['top1_full_stats'] = bench.top1(model, bench.test, depths)  # (b), before any estimate
+        timm_stim.recalibrate_bn(model, bench.bn_batches(RECALIB_SEED), RECALIB_IMAGES, depths=depths)
+        row['top1_recalib'] = bench.top1(model, bench.test, depths)  # (c)
+    timm_stim.recalibrate_bn(model, bench.bn_batches(SHIPPED_SEED), bn_images, depths=depths)
+    row.update(heldout_top1=bench.top1(model, bench.heldout, depths), top1=bench.top1(model, bench.test, depths),
+               bn_images=bn_images)  # (a)
+    return row
+
+
+def measure_tag(name: str, max_all: int, bn_images: int, prior: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Measure `name` and re-release its statistics. With `prior` (its elastic.json entry) only the configurations it
+    ships are estimated again, on `bn_images` images, and the same set ships; its other rows, its (b) and (c) and
+    its latency are kept."""
     t0 = time.time()
     model = timm.create_model(name, pretrained=True).eval()
     entry = weights.find_entry(*name.split('.', 1))
     forget_stats(model)  # estimate afresh: never measure statistics against themselves
     bench = Bench(model)
+    before = {tuple(r['depths']): r for r in (prior or {}).get('rows', [])}
     configs = configs_of(model, entry, max_all)
+    if prior:
+        configs = [d for d in configs if before.get(d, {}).get('shipped')]
     prof = {tuple(p['depths']): p for p in depth_profile(model, depths=configs)}
-    full = configs[-1]
+    full = list_depths(model)[-1]
     partial = PARTIAL / f'{name}.pt'  # resume point: a killed measurement goes on where it stopped
     done = torch.load(partial, weights_only=True) if partial.is_file() else dict(rows=[], table={})
     rows = done['rows']
@@ -123,35 +156,31 @@ def measure_tag(name: str, max_all: int) -> Dict[str, Any]:
         timm_stim.elastic.attach_depth_stats(model, done['table'])
     with torch.no_grad():
         for depths in configs[len(rows):]:
-            p = prof[depths]
+            p, old = prof[depths], before.get(depths, {})
             row = dict(depths=list(depths), full=depths == full, flops=p['flops'], params=p['params'],
-                       flops_share=round(p['flops_share'], 4))
-            if depths == full:
-                row.update(heldout_top1=bench.top1(model, bench.heldout, None),
-                           top1=bench.top1(model, bench.test, None))
-                row.update(top1_full_stats=row['top1'], top1_recalib=row['top1'])
-            else:
-                row['top1_full_stats'] = bench.top1(model, bench.test, depths)  # (b), before any estimate
-                timm_stim.recalibrate_bn(model, bench.bn_batches(RECALIB_SEED), BN_IMAGES, depths=depths)
-                row['top1_recalib'] = bench.top1(model, bench.test, depths)  # (c)
-                timm_stim.recalibrate_bn(model, bench.bn_batches(SHIPPED_SEED), BN_IMAGES, depths=depths)
-                row['heldout_top1'] = bench.top1(model, bench.heldout, depths)
-                row['top1'] = bench.top1(model, bench.test, depths)  # (a), what the tag ships
+                       flops_share=round(p['flops_share'], 4),
+                       **{k: old[k] for k in ('latency_ms', 'latency_ms_b64') if k in old})
+            row.update(measure_config(model, bench, depths, depths == full, bn_images, old))
             rows.append(row)
             PARTIAL.mkdir(parents=True, exist_ok=True)
             torch.save(dict(rows=rows, table=dict(stats_table(model))), partial)
             print(f'{name} {depths}: shipped {row["top1"]}  full-stats {row["top1_full_stats"]}  '
                   f're-estimated {row["top1_recalib"]}  held-out {row["heldout_top1"]}', flush=True)
-    small = entry.size is not None and entry.size < SMALL_MB * 2 ** 20
-    shipped = _within_size(model, entry, rows if small else pareto(rows))
+    if prior:
+        shipped = rows
+    else:
+        small = entry.size is not None and entry.size < SMALL_MB * 2 ** 20
+        shipped = _within_size(model, entry, rows if small else pareto(rows))
     keep = {tuple(r['depths']) for r in shipped if not r['full']}
     table = {d: s for d, s in stats_table(model).items() if d in keep}
     for r in rows:
         r['shipped'] = r['full'] or tuple(r['depths']) in keep
-    release(entry, table, shipped, bench.heldout_record)
+    release(entry, table, shipped, bench.heldout_record, bn_images)
     partial.unlink()
+    new = {tuple(r['depths']): r for r in rows}
+    rows = [new.get(d, r) for d, r in before.items()] if prior else rows
     return dict(tag=name, configs=len(rows), shipped=len(keep) + 1, heldout=bench.heldout_record, rows=rows,
-                seconds=round(time.time() - t0, 1))
+                bn_images=bn_images, seconds=round(time.time() - t0, 1))
 
 
 def _within_size(model, entry, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -176,15 +205,15 @@ def _table_rows(rows: Sequence[Dict[str, Any]], machine: Optional[str]) -> List[
     return [dict({k: r.get(k) for k in keys}, mflops=round(r['flops'] / 1e6, 2), test_top1=r['top1']) for r in rows]
 
 
-def release(entry, table, rows, heldout: Dict[str, Any], machine: Optional[str] = None) -> None:
+def release(entry, table, rows, heldout: Dict[str, Any], bn_images: int, machine: Optional[str] = None) -> None:
     """Switch the manifest entry to a new statistics file (under the manifest lock, all or nothing) whose table is
     `rows`; the card's per-depth table becomes the shipped-statistics top-1."""
     from timm_stim.bf16_conv import cpu_name
     machine = machine or cpu_name()
     info = dict(model=entry.name, rows=_table_rows(rows, machine), machine=machine, heldout=heldout,
-                bn_images=BN_IMAGES, bn_seed=SHIPPED_SEED, precision='float32',
+                bn_images=bn_images, bn_seed=SHIPPED_SEED, precision='float32',
                 note='statistics estimated on training-augmented images outside the held-out split')
-    fields = dict(configs=[list(d) for d in table], heldout=heldout, machine=machine, bn_images=BN_IMAGES)
+    fields = dict(configs=[list(d) for d in table], heldout=heldout, machine=machine, bn_images=bn_images)
     card_rows = [dict({k: r[k] for k in ('depths', 'full', 'top1', 'flops', 'params', 'flops_share', 'heldout_top1')
                        if k in r}, bn='shipped' if not r['full'] else 'own') for r in rows]
     weights.set_depth_stats(entry.name, depth_stats.to_bytes(table, info), fields, depths=card_rows)
@@ -196,8 +225,20 @@ def _load_report() -> Dict[str, Any]:
 
 def measure(args) -> None:
     for name in args.tags or stim_tags():
-        result = dict(measure_tag(name, args.max_all), command=command_line('benchmarks/elastic.py'))
-        _update_tag(args, name, lambda tags: tags.__setitem__(name, result))
+        prior = _load_report()['tags'].get(name) if args.reestimate else None
+        if args.reestimate and not prior:
+            raise SystemExit(f'--reestimate: {name} has no entry in {OUT}; measure it first.')
+        result = dict(measure_tag(name, args.max_all, args.bn_images, prior), command=command_line('benchmarks/elastic.py'))
+
+        def change(tags, name=name, result=result):
+            old = tags.get(name) or {}
+            if prior:  # the latency and spread measured before still hold; the spread's `shipped` is the new (a)
+                result = dict(old, **result, earlier_commands=old.get('earlier_commands', []) + [old.get('command')])
+                top1 = {tuple(r['depths']): r['top1'] for r in result['rows']}
+                for sp in result.get('recalib_spread', []):
+                    sp.update(shipped=top1[tuple(sp['depths'])], shipped_images=args.bn_images)
+            tags[name] = result
+        _update_tag(args, name, change)
 
 
 def _update_tag(args, name: str, change) -> None:
@@ -244,7 +285,7 @@ def latency(args) -> None:
             entry = weights.find_entry(*name.split('.', 1))
             table, _ = depth_stats.load(depth_stats.resolve(entry))
             release(entry, table, [r for r in tags[name]['rows'] if r.get('shipped')], tags[name]['heldout'],
-                    machine=cpu_name())
+                    tags[name].get('bn_images', RECALIB_IMAGES), machine=cpu_name())
             tags[name]['latency'] = dict(threads=args.threads, precision='float32', machine=cpu_name(),
                                          note='medians; training runs paused while measured',
                                          command=command_line('benchmarks/elastic.py'))
@@ -263,7 +304,7 @@ def spread(args) -> None:
     forget_stats(model)
     runs = {}
     for seed in args.seeds:
-        timm_stim.recalibrate_bn(model, bench.bn_batches(seed), BN_IMAGES, depths=depths)
+        timm_stim.recalibrate_bn(model, bench.bn_batches(seed), RECALIB_IMAGES, depths=depths)
         runs[seed] = bench.top1(model, bench.test, depths)
         print(f'{args.tag} {depths} seed {seed}: {runs[seed]} (shipped {shipped})', flush=True)
     def change(tags):  # one entry per configuration: seeds measured by earlier calls are kept
@@ -275,14 +316,15 @@ def spread(args) -> None:
         by_seed = dict(sorted(by_seed.items(), key=lambda kv: int(kv[0])))
         vals = list(by_seed.values())
         entries.append(dict(depths=list(depths), shipped=shipped, shipped_seed=SHIPPED_SEED, recalib_by_seed=by_seed,
-                            mean=round(statistics.fmean(vals), 3), bn_images=BN_IMAGES,
+                            mean=round(statistics.fmean(vals), 3), bn_images=RECALIB_IMAGES,
                             commands=old.get('commands', []) + [command_line('benchmarks/elastic.py')],
                             sd=round(statistics.stdev(vals), 3) if len(vals) > 1 else None))
     _update_tag(args, args.tag, change)
 
 
 def _write(report: Dict[str, Any], args) -> None:
-    report.update(command=command_line('benchmarks/elastic.py'), commit=git_commit(), dirty=git_dirty(),
+    report.pop('command', None)  # each tag records the command that measured it; the file, the last one to write
+    report.update(last_command=command_line('benchmarks/elastic.py'), commit=git_commit(), dirty=git_dirty(),
                   machine=machine_info(getattr(args, 'threads', None)), data=str(DATA.name), precision='float32')
     write_report(report, OUT, plot, no_plot=True)
 
@@ -313,6 +355,10 @@ def main(argv=None) -> None:
     m = sub.add_parser('measure')
     m.add_argument('--tags', nargs='*')
     m.add_argument('--max-all', type=int, default=64, help='every configuration up to this many, else the measured')
+    m.add_argument('--bn-images', type=int, default=SHIPPED_IMAGES, help='images the shipped statistics are '
+                   'estimated on (default %(default)s)')
+    m.add_argument('--reestimate', action='store_true', help='estimate again only the configurations a tag '
+                   'already ships (its elastic.json entry), keeping its set, its (b), (c) and latency')
     lt = sub.add_parser('latency')
     lt.add_argument('--tags', nargs='*')
     lt.add_argument('--threads', type=int, default=1)

@@ -381,12 +381,15 @@ def elastic_table(data: Data) -> str:
             latency.append(f'`{name}` full {_num(full["latency_ms"], 2)} / {_num(full["latency_ms_b64"], 1)}, '
                            f'{_depths(small)} {_num(small["latency_ms"], 2)} / {_num(small["latency_ms_b64"], 1)}')
     held = next(iter(tags.values())).get('heldout') or {}
+    shipped_images = sorted({t.get('bn_images', 2000) for t in tags.values()})
     text = ('CIFAR-10 test top-1 (%), float32, of the smallest sub-network and over the sub-networks a tag ships '
             'statistics for (a larger network ships its Pareto set; at a configuration without them a user gets (b) '
             'and a warning naming `timm_stim.recalibrate_bn`). (a) is what '
             '`timm.create_model(tag, pretrained=True)` and the depth switch give with no data: the per-depth '
-            'BatchNorm statistics shipped with the tag. (b) is what the switch gave before they shipped. (c) is a '
-            'user with data: statistics re-estimated on 2,000 other training images. The shipped set is chosen on '
+            'BatchNorm statistics shipped with the tag, estimated on '
+            f'{" or ".join(f"{n:,}" for n in shipped_images)} training-augmented images. (b) is what the switch gave '
+            'before they shipped. (c) is a user with data: statistics re-estimated on 2,000 other training images '
+            '(`recalibrate_bn`\'s default). The shipped set is chosen on '
             f'the held-out split ({_num(held.get("size", 0))} seeded train images).')
     if gaps:
         worst = max(abs(g) for g in gaps)
@@ -398,7 +401,9 @@ def elastic_table(data: Data) -> str:
     if spreads:
         text += (' How much (c) itself moves with the 2,000 images drawn (`elastic.py spread`): ' + '; '.join(
             f'`{name}` {_depths(sp)} over seeds {", ".join(map(str, sp["recalib_by_seed"]))}: '
-            f'{_span(sp["recalib_by_seed"].values())} (mean {_num(sp["mean"], 2)}), shipped {_num(sp["shipped"], 2)}'
+            f'{_span(sp["recalib_by_seed"].values())} (mean {_num(sp["mean"], 2)}'
+            + (f', sd {_num(sp["sd"], 2)}' if sp.get('sd') is not None else '') + '), '
+            f'shipped {_num(sp["shipped"], 2)}'
             for name, sp in spreads) + '.')
     if latency:
         text += ' Latency, ms at batch 1 / 64 (one thread, this CPU): ' + '; '.join(latency) + '.'

@@ -3,6 +3,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from timm_stim.models import weights as W
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,3 +175,27 @@ def test_elastic_report_updates_merge_tags_written_by_another_measurement(tmp_pa
     elastic._update_tag(args, 'a', lambda tags: tags['a'].update(latency={'threads': 1}))
     tags = json.loads((tmp_path / 'elastic.json').read_text())['tags']
     assert tags == {'a': {'rows': [1], 'latency': {'threads': 1}}, 'b': {'rows': [2]}}
+
+
+def test_elastic_reestimate_keeps_latency_and_spread_and_moves_shipped(tmp_path, monkeypatch):
+    """`measure --reestimate` replaces a tag's rows with the new ones but keeps what does not depend on the shipped
+    statistics (latency, the spread of (c)), points the spread's `shipped` at the new (a), and keeps the old command."""
+    import elastic
+    monkeypatch.setattr(elastic, 'OUT', tmp_path / 'elastic.json')
+    old = dict(rows=[dict(depths=[1, 1], top1=70.0, shipped=True)], command='measure', bn_images=2000,
+               latency=dict(threads=1), recalib_spread=[dict(depths=[1, 1], shipped=70.0, recalib_by_seed={'2': 70.3})])
+    (tmp_path / 'elastic.json').write_text(json.dumps(dict(tags={'t': old})))
+    seen = {}
+
+    def fake(name, max_all, bn_images, prior):
+        seen.update(name=name, bn_images=bn_images, prior=prior)
+        return dict(tag=name, rows=[dict(depths=[1, 1], top1=70.4, shipped=True)], bn_images=bn_images)
+    monkeypatch.setattr(elastic, 'measure_tag', fake)
+    elastic.main(['measure', '--reestimate', '--tags', 't'])
+    assert seen == dict(name='t', bn_images=elastic.SHIPPED_IMAGES, prior=old)
+    tag = json.loads((tmp_path / 'elastic.json').read_text())['tags']['t']
+    assert tag['rows'] == [dict(depths=[1, 1], top1=70.4, shipped=True)] and tag['latency'] == dict(threads=1)
+    assert tag['recalib_spread'][0]['shipped'] == 70.4 and tag['recalib_spread'][0]['recalib_by_seed'] == {'2': 70.3}
+    assert tag['earlier_commands'] == ['measure'] and tag['bn_images'] == elastic.SHIPPED_IMAGES
+    with pytest.raises(SystemExit, match='measure it first'):
+        elastic.main(['measure', '--reestimate', '--tags', 'unknown'])

@@ -164,13 +164,14 @@ def test_elastic_table_puts_shipped_statistics_next_to_the_full_networks_and_re_
     # a configuration without shipped statistics is left out: with no data a user gets (b) there, not (a)
     rows.insert(0, _elastic_row((1, 1, 0), 0.2, 70.0, 10.0, 60.0, 71.0, shipped=False))
     rows[2].update(top1=86.5)  # (2,2,2): (a) 0.6 below (c), outside the target, and named
-    data['tags']['m_stim.t']['recalib_spread'] = [dict(depths=[2, 2, 2], shipped=86.5, mean=87.05,
-                                                       recalib_by_seed={'2': 87.1, '3': 87.0})]
+    data['tags']['m_stim.t'].update(bn_images=10000, recalib_spread=[dict(
+        depths=[2, 2, 2], shipped=86.5, mean=87.05, sd=0.07, recalib_by_seed={'2': 87.1, '3': 87.0})])
     (tmp_path / 'elastic.json').write_text(json.dumps(data))
     flat = ' '.join(render('elastic', tmp_path).split())
     assert '| `m_stim.t` | 4 (3) | (1,1,1), 31 % | 80.15 | 66.18 | 80.05 | 83.3 / 75.2 / 83.6 |' in flat
     assert 'outside the 0.3 pt target at 1 of 2: `m_stim.t` (2,2,2) -0.60.' in flat
-    assert '`m_stim.t` (2,2,2) over seeds 2, 3: 87.00-87.10 (mean 87.05), shipped 86.50' in flat
+    assert '`m_stim.t` (2,2,2) over seeds 2, 3: 87.00-87.10 (mean 87.05, sd 0.07), shipped 86.50' in flat
+    assert 'shipped with the tag, estimated on 10,000 training-augmented images' in flat
     del rows[0], data['tags']['m_stim.t']['recalib_spread']
     for r, (one, b64) in zip(rows, ((0.4, 9.0), (0.7, 16.0), (1.0, 25.0))):
         r.update(latency_ms=one, latency_ms_b64=b64)
