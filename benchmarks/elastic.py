@@ -233,7 +233,7 @@ def measure(args) -> None:
         def change(tags, name=name, result=result):
             old = tags.get(name) or {}
             if prior:  # the latency and spread measured before still hold; the spread's `shipped` is the new (a)
-                result = dict(old, **result, earlier_commands=old.get('earlier_commands', []) + [old.get('command')])
+                result = dict(old, **result, earlier_commands=[c for c in old.get('earlier_commands', []) + [old.get('command')] if c])
                 top1 = {tuple(r['depths']): r['top1'] for r in result['rows']}
                 for sp in result.get('recalib_spread', []):
                     sp.update(shipped=top1[tuple(sp['depths'])], shipped_images=args.bn_images)
