@@ -373,9 +373,9 @@ def elastic_table(data: Data) -> str:
         rows.append(f'| `{name}` | {len(t["rows"])} ({t.get("shipped", "-")}) | {_depths(small)}, '
                     f'{_num(100 * small["flops_share"])} % | ' + ' | '.join(_num(small[k], 2) for k, _ in
                                                                           ELASTIC_COLUMNS) + f' | {means} |')
-        gaps += [r['top1'] - r['top1_recalib'] for r in subs]
-        outside += [f'`{name}` {_depths(r)} {r["top1"] - r["top1_recalib"]:+.2f}' for r in subs
-                    if abs(r['top1'] - r['top1_recalib']) > ELASTIC_AGREE_PT]
+        tag_gaps = [(r, r['top1'] - r['top1_recalib']) for r in subs]
+        gaps += [g for _, g in tag_gaps]
+        outside += [f'`{name}` {_depths(r)} {g:+.2f}' for r, g in tag_gaps if abs(g) > ELASTIC_AGREE_PT]
         if small.get('latency_ms') is not None:
             full = next(r for r in t['rows'] if r.get('full'))
             latency.append(f'`{name}` full {_num(full["latency_ms"], 2)} / {_num(full["latency_ms_b64"], 1)}, '
