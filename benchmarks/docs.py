@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from timm_stim.cards import (BASELINE_ARMS, BIBTEX, HEADLINE_RUNS, ST_PP_SUMMARY, _DATASETS,  # noqa: E402
                              _base, _baseline_at, _fmt, _same_epochs, _stats_by_schedule, _training, _versus, arm_stats,
                              comparison_record, comparison_text, comparisons, depth_table, limitations,
-                             load_results, setbacks,
+                             load_results, setbacks, signed,
                              step_costs, sub_mean)
 from timm_stim.models.weights import (GIT_PART_MB, RELEASE_MAX_MB, WHEEL_BUDGET_MB, WHEEL_MAX_MB,  # noqa: E402
                                       WeightsEntry, read_manifest, update_manifest)
@@ -98,8 +98,8 @@ def _arm_rows(stats: Dict[tuple, Dict[str, Any]], last: Callable[[str, Dict[str,
     rows = []
     for (arm, ep), st in stats.items():
         base = _baseline_at(stats, ep)
-        diff = f'{st["mean"] - base["mean"]:+.2f}' if base and base is not st else '-'
-        sub_diff = (f'{st["sub_mean"] - base["sub_mean"]:+.1f}' if base and base is not st and st['sub_mean']
+        diff = signed(st["mean"] - base["mean"]) if base and base is not st else '-'
+        sub_diff = (signed(st["sub_mean"] - base["sub_mean"], 1) if base and base is not st and st['sub_mean']
                     is not None and base['sub_mean'] is not None else '-')
         rows.append(f'| {first}`{arm}` | {ep} | {st["n"]} | {_seeds(st)} | {diff} | {_sub_seeds(st)} | {sub_diff} | '
                     f'{last(arm, st)} |')
@@ -143,9 +143,9 @@ def controls(runs: Sequence[Dict[str, Any]]) -> str:
             continue
         diff = s['mean'] - base['mean'] if base and s is not base else None
         share = f'{100 * diff / gain:.0f} %' if diff is not None and gain else '-'
-        sub = (f'{s["sub_mean"] - base["sub_mean"]:+.1f}' if diff is not None and s['sub_mean'] is not None
+        sub = (signed(s["sub_mean"] - base["sub_mean"], 1) if diff is not None and s['sub_mean'] is not None
                and base['sub_mean'] is not None else '-')
-        rows.append(f'| `{arm}` | {s["n"]} | {_seeds(s)} | {_fmt(diff) if diff is None else f"{diff:+.2f}"} | '
+        rows.append(f'| `{arm}` | {s["n"]} | {_seeds(s)} | {_fmt(diff) if diff is None else signed(diff)} | '
                     f'{share if arm != c["chosen"] else "-"} | {_sub_seeds(s)} | {sub} |')
         if arm in c['arms'] and diff is not None and gain:
             lines.append(f'`{arm}` ({_describe(arm, s)}) minus the baseline: {_versus(s, base)}: '

@@ -203,3 +203,10 @@ def test_upstream_compile_summary_comes_from_its_json():
     text = ' '.join(render('upstream-compile').split())
     assert f'an eager step takes {res["eager"]["median_second_half_s"]:.2f} s' in text
     assert f'compiled {res["task.compile"]["unique_graphs"]} graph(s)' in text
+
+
+def test_signed_difference_never_reads_minus_zero():
+    """A difference that rounds to zero is '+0.0' in every table (the controls once printed '-0.0 pt')."""
+    from timm_stim.cards import signed
+    assert [signed(-0.04, 1), signed(-0.06, 1), signed(0.3), signed(-7.69), signed(-0.001)] == \
+        ['+0.0', '-0.1', '+0.30', '-7.69', '+0.00']

@@ -473,6 +473,12 @@ def _stats_by_schedule(runs: Sequence[Dict[str, Any]], model: str, dataset: str)
     return dict(sorted(out.items(), key=lambda kv: (kv[0][0] not in BASELINE_ARMS, kv[0][1], kv[0][0])))
 
 
+def signed(x: float, digits: int = 2) -> str:
+    """`x` with its sign, '+0.0' for a difference that rounds to zero (never '-0.0')."""
+    text = f'{x:+.{digits}f}'
+    return '+' + text[1:] if float(text) == 0 else text
+
+
 def _versus(st: Dict[str, Any], ref: Dict[str, Any]) -> str:
     """'+0.12 pt top-1 (seed sd 0.20 over 3 vs 0.31 over 3), +25.3 pt sub-network mean': st minus ref (a side with
     one seed has no sd: 'seed sd 0.09 over 3 vs one seed')."""
@@ -482,9 +488,9 @@ def _versus(st: Dict[str, Any], ref: Dict[str, Any]) -> str:
         return 'one seed' if s['n'] == 1 else ('' if both else 'seed sd ') + f'{s["sd"]:.2f} over {s["n"]}'
     spread = ('one seed each' if max(st['n'], ref['n']) == 1
               else ('seed sd ' if both else '') + f'{side(st)} vs {side(ref)}')
-    text = f'{st["mean"] - ref["mean"]:+.2f} pt top-1 ({spread})'
+    text = f'{signed(st["mean"] - ref["mean"])} pt top-1 ({spread})'
     if st['sub_mean'] is not None and ref['sub_mean'] is not None:
-        text += f', {st["sub_mean"] - ref["sub_mean"]:+.1f} pt sub-network mean'
+        text += f', {signed(st["sub_mean"] - ref["sub_mean"], 1)} pt sub-network mean'
     return text
 
 
