@@ -437,10 +437,17 @@ def trained_alone_table(data: Data) -> str:
     c = data.get('cost') or {}
     alone_hours = c.get('alone_hours') or {}
     total = c.get('alone_total')
-    cost = (f'Cost at {c.get("epochs", "-")} epochs: one ResNet-20 ST++ run {_num(c["st_hours"], 2)} h against '
+    cost = (f'Hours at {c.get("epochs", "-")} epochs (shared CPU, indicative): ST++ {_num(c["st_hours"], 2)}; alone '
             + ' + '.join(f'`{m}` {"n/a yet" if h is None else _num(h, 2)}' for m, h in alone_hours.items())
-            + f' h trained alone = {"n/a yet" if total is None else _num(total, 2) + " h"}.'
+            + f' = {"n/a yet" if total is None else _num(total, 2)}.'
             if c.get('st_hours') is not None else 'Cost: n/a yet.')
+    sc, t = data.get('step_cost'), data.get('timing') or {}
+    if sc:
+        cost += (f' Cost per epoch timed on a quiet CPU (`trained_alone.py timing`: one thread, {t.get("precision")}, '
+                 f'interleaved), in ResNet-20 baseline epochs: ST++ {_num(sc["st"], 2)}; alone '
+                 + ' + '.join(f'{_num(c, 2)}' for c in sc['alone'].values())
+                 + f' = {_num(sc["alone_total"], 2)}: one ST++ run costs {_num(100 * sc["st"] / sc["alone_total"])} % '
+                 f'of the three.')
     note = data.get('note', '')
     return '\n'.join(rows) + '\n\n' + wrap(f'Negative differences are losses: the sub-network below the network '
                                           f'trained alone. {note[:1].upper()}{note[1:]}. {cost}')

@@ -3,6 +3,7 @@
 
     python benchmarks/trained_alone.py        # -> benchmarks/results/trained_alone.json
     python benchmarks/trained_alone.py subnet cifar_resnet56_stim.stpp_s075_e30_cifar10 3,3,3   # a missing sub-network
+    python benchmarks/trained_alone.py timing   # step cost of each run compared, on a quiet CPU (pause runs first)
 
 Reads `benchmarks/results/cifar10.json` (the campaign's runs, each with its depth sweep: top-1 of every
 configuration with BN re-estimated on 2,000 training images) and pairs, at the same epochs and recipe:
@@ -10,7 +11,11 @@ configuration with BN re-estimated on 2,000 training images) and pairs, at the s
 * ResNet-56 ST++ at (3,3,3) with ResNet-20 trained alone,
 and each full ST++ network with its own baseline. Every run trained on the same 50,000 CIFAR-10 train images and
 is reported on the 10,000 test images. Cost: the ST++ run's training hours against the sum of the separate runs
-it replaces (one-thread runs on a shared 2-core CPU: hours are indicative, the step-cost ratio is in arm_cost.json).
+it replaces, twice: the runs' own training hours (one-thread runs sharing a 2-core CPU with another run, tests and
+helpers, so they move with the load: ResNet-14 alone took 0.98 h with seed 0 and 0.60 h with seeds 1 and 2), and,
+from `timing`, one-thread training img/s of each (model, arm) at the runs' precision, in fresh processes interleaved
+round-robin on a quiet CPU: the cost of the ST++ run against the sum of the runs it replaces, in ResNet-20 baseline
+epochs.
 """
 from __future__ import annotations
 
@@ -53,15 +58,15 @@ def subnet(tag: str, depths: Sequence[int]) -> None:
     import timm
     import timm_stim
     from timm_stim.models import weights
-    from elastic import BN_IMAGES, RECALIB_SEED, Bench
+    from elastic import RECALIB_IMAGES, RECALIB_SEED, Bench
     model = timm.create_model(tag, pretrained=True).eval()
     timm_stim.elastic.forget_stats(model)
     bench = Bench(model)
-    timm_stim.recalibrate_bn(model, bench.bn_batches(RECALIB_SEED), BN_IMAGES, depths=depths)
+    timm_stim.recalibrate_bn(model, bench.bn_batches(RECALIB_SEED), RECALIB_IMAGES, depths=depths)
     entry = weights.find_entry(*tag.split('.', 1))
     run = Path(entry.source.split(' (')[0]).parent.name
     row = dict(tag=tag, run=run, depths=list(depths), top1=bench.top1(model, bench.test, depths),
-               bn_images=BN_IMAGES, precision='float32',
+               bn_images=RECALIB_IMAGES, precision='float32',
                command=command_line('benchmarks/trained_alone.py'))
     data = json.loads(SUBNETS.read_text()) if SUBNETS.exists() else {'measured': []}
     data['measured'] = [m for m in data['measured'] if (m['tag'], m['depths']) != (tag, list(depths))] + [row]
@@ -107,7 +112,52 @@ def cost(runs: List[Dict[str, Any]], epochs: int = 30) -> Dict[str, Any]:
                 alone_total=round(sum(alone.values()), 2) if None not in alone.values() else None)
 
 
+TIMED = [('cifar_resnet8', 'baseline'), ('cifar_resnet14', 'baseline'), ('cifar_resnet20', 'baseline'),
+         ('cifar_resnet20_stim', ST_ARM)]  # ResNet-20 ST++ against the three networks it replaces, and its baseline
+
+
+def timing(rounds: int = 3, steps: int = 40) -> Dict[str, Any]:
+    """Median one-thread training img/s of each `TIMED` (model, arm) with the arm's exact `--stim-*` flags
+    (`throughput.sweep_worker`, batch 128, 32x32, the precision the recipe picks on this CPU), each in a fresh
+    process, round-robin for `rounds` rounds; cost per epoch relative to the ResNet-20 baseline."""
+    import argparse
+    import arm_cost
+    import cifar10
+    import throughput
+    from _common import machine_info
+    from timm_stim.bf16_conv import cpu_name, native_cpu_bfloat16
+    precision = 'bf16' if native_cpu_bfloat16() else 'fp32'
+    point = argparse.Namespace(data_dir=str(cifar10.DATA))
+    machine = machine_info(threads=1, load_key='loadavg_start')
+    rates: Dict[tuple, List[float]] = {k: [] for k in TIMED}
+    for _ in range(rounds):
+        for model, arm in TIMED:
+            rate = throughput.sweep_point(point, model, precision, json.dumps(arm_cost.stim_fields(arm)), '1x1t', steps)
+            rates[(model, arm)].append(round(rate, 1))
+            print(f'{model} {arm}: {rate:.1f} img/s', flush=True)
+    base = statistics.median(rates[('cifar_resnet20', 'baseline')])
+    rows = [dict(model=m, arm=a, img_per_s=statistics.median(r), rounds=r,
+                 cost_vs_resnet20_baseline=round(base / statistics.median(r), 3)) for (m, a), r in rates.items()]
+    return dict(rows=rows, precision=precision, cpu=cpu_name(), threads=1, batch_size=128, timed_steps=steps,
+                machine=machine, command=command_line('benchmarks/trained_alone.py'), commit=git_commit(),
+                note='training runs paused while timed')
+
+
+def step_cost_summary(t: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """From `timing`: one ResNet-20 ST++ epoch and the three networks it replaces, in ResNet-20 baseline epochs."""
+    if not t:
+        return None
+    cost = {(r['model'], r['arm']): r['cost_vs_resnet20_baseline'] for r in t['rows']}
+    alone = {m: cost[(m, 'baseline')] for m in ('cifar_resnet8', 'cifar_resnet14', 'cifar_resnet20')}
+    return dict(st=cost[('cifar_resnet20_stim', ST_ARM)], alone=alone, alone_total=round(sum(alone.values()), 3))
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == 'timing':  # python benchmarks/trained_alone.py timing (runs paused)
+        old = json.loads(OUT.read_text()) if OUT.exists() else {}
+        OUT.write_text(json.dumps(dict(old, timing=timing()), indent=1) + '\n')
+        print(f'wrote {OUT}; now run python benchmarks/trained_alone.py')
+        return
     if len(sys.argv) > 1 and sys.argv[1] == 'subnet':  # python benchmarks/trained_alone.py subnet TAG 3,3,3
         subnet(sys.argv[2], tuple(int(d) for d in sys.argv[3].split(',')))
         return
@@ -116,6 +166,9 @@ def main() -> None:
                   note='sub-network top-1: BN re-estimated on 2,000 training images per configuration (the run\'s '
                        'sweep); trained alone: the run\'s final top-1; CIFAR-10 test, same recipe and train images',
                   pairs=compare(data['runs']), cost=cost(data['runs']))
+    old = json.loads(OUT.read_text()) if OUT.exists() else {}
+    if old.get('timing'):  # measured apart, on a quiet CPU: kept until measured again
+        report.update(timing=old['timing'], step_cost=step_cost_summary(old['timing']))
     OUT.write_text(json.dumps(report, indent=1) + '\n')
     for p in report['pairs']:
         print(f"{p['st_model']} {tuple(p['depths'])} e{p['epochs']}: {p['subnetwork']['mean']} "

@@ -194,7 +194,19 @@ def test_trained_alone_table_shows_every_pair_losses_included_and_n_a_until_meas
     assert sum(line.endswith('| n/a yet |') for line in text.splitlines()) == len(PAIRS) - 1  # every other
     flat = ' '.join(text.split())
     assert 'Negative differences are losses' in flat and 'A note.' in flat
-    assert '`cifar_resnet8` 0.50 + `cifar_resnet14` n/a yet h trained alone = n/a yet' in flat
+    assert 'ST++ 1.66; alone `cifar_resnet8` 0.50 + `cifar_resnet14` n/a yet = n/a yet.' in flat
+    assert 'quiet CPU' not in flat  # no step-cost timing yet
+    from trained_alone import step_cost_summary
+    rows = [dict(model=m, arm=a, cost_vs_resnet20_baseline=c) for m, a, c in (
+        ('cifar_resnet8', 'baseline', 0.4), ('cifar_resnet14', 'baseline', 0.7), ('cifar_resnet20', 'baseline', 1.0),
+        ('cifar_resnet20_stim', 'stpp_scale075', 1.5))]
+    data.update(timing=dict(rows=rows, precision='bf16'), step_cost=step_cost_summary(dict(rows=rows)))
+    assert data['step_cost'] == dict(st=1.5, alone=dict(cifar_resnet8=0.4, cifar_resnet14=0.7, cifar_resnet20=1.0),
+                                     alone_total=2.1)
+    (tmp_path / 'trained_alone.json').write_text(json.dumps(data))
+    flat = ' '.join(render('trained-alone', tmp_path).split())
+    assert ('in ResNet-20 baseline epochs: ST++ 1.50; alone 0.40 + 0.70 + 1.00 = 2.10: one ST++ run costs 71 % of '
+            'the three.') in flat
 
 
 def test_upstream_compile_summary_comes_from_its_json():
