@@ -199,3 +199,31 @@ def test_elastic_reestimate_keeps_latency_and_spread_and_moves_shipped(tmp_path,
     assert tag['earlier_commands'] == ['measure'] and tag['bn_images'] == elastic.SHIPPED_IMAGES
     with pytest.raises(SystemExit, match='measure it first'):
         elastic.main(['measure', '--reestimate', '--tags', 'unknown'])
+
+
+def test_elastic_measure_config_reuses_what_does_not_depend_on_the_shipped_statistics(monkeypatch):
+    """(b) and (c) of an earlier measurement are kept and only (a) is estimated again, on `bn_images` images; without
+    an earlier row all three are measured ((c) on RECALIB_IMAGES); the full network is never estimated."""
+    import elastic
+    calls = []
+    monkeypatch.setattr(elastic.timm_stim, 'recalibrate_bn', lambda m, batches, n, depths: calls.append((n, depths)))
+
+    class FakeBench:
+        heldout, test = 'heldout', 'test'
+
+        def bn_batches(self, seed):
+            return seed
+
+        def top1(self, model, loader, depths):
+            return 90.0 + len(calls) + (0.5 if loader == 'heldout' else 0.0)
+    bench, d = FakeBench(), (1, 1, 1)
+    row = elastic.measure_config(None, bench, d, False, 10000, dict(top1_full_stats=60.0, top1_recalib=80.0))
+    assert calls == [(10000, d)]
+    assert row == dict(top1_full_stats=60.0, top1_recalib=80.0, heldout_top1=91.5, top1=91.0, bn_images=10000)
+    calls.clear()
+    row = elastic.measure_config(None, bench, d, False, 10000)
+    assert calls == [(elastic.RECALIB_IMAGES, d), (10000, d)]
+    assert (row['top1_full_stats'], row['top1_recalib'], row['top1']) == (90.0, 91.0, 92.0)
+    calls.clear()
+    full = dict(heldout_top1=95.0, top1=88.0, top1_full_stats=88.0, top1_recalib=88.0)
+    assert elastic.measure_config(None, bench, (3, 3, 3), True, 10000, full) == full and calls == []
