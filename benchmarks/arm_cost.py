@@ -16,7 +16,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, command_line, git_commit, machine_info, write_report  # noqa: E402
@@ -37,6 +37,20 @@ def stim_fields(arm: str) -> Dict[str, Any]:
     return {k: v for k, v in vars(cfg).items() if k != 'seed'}
 
 
+def interleaved_rates(pairs: Sequence[Tuple[str, str]], precision: str, steps: int, rounds: int,
+                      data_dir: str) -> Dict[Tuple[str, str], List[float]]:
+    """One-thread training img/s of each (model, arm), each point in a fresh process, the pairs round-robin for
+    `rounds` rounds (so that a drift of the machine touches all alike)."""
+    point = argparse.Namespace(data_dir=data_dir)
+    rates: Dict[Tuple[str, str], List[float]] = {pair: [] for pair in pairs}
+    for r in range(rounds):
+        for model, arm in pairs:
+            rate = throughput.sweep_point(point, model, precision, json.dumps(stim_fields(arm)), '1x1t', steps)
+            rates[(model, arm)].append(round(rate, 1))
+            print(f'round {r + 1} {model} {arm:16s} {rate:7.1f} img/s', flush=True)
+    return rates
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--model', default='cifar_resnet20')
@@ -50,15 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = p.parse_args(argv)
     if 'baseline' not in args.arms:
         args.arms = ['baseline'] + args.arms
-    point = argparse.Namespace(data_dir=args.data_dir)
-    rates: Dict[str, list] = {arm: [] for arm in args.arms}
     machine = machine_info(threads=1, load_key='loadavg_start')
-    for r in range(args.rounds):
-        for arm in args.arms:
-            rate = throughput.sweep_point(point, args.model, args.precision, json.dumps(stim_fields(arm)), '1x1t',
-                                          args.steps)
-            rates[arm].append(round(rate, 1))
-            print(f'round {r + 1} {arm:16s} {rate:7.1f} img/s', flush=True)
+    rates = {arm: v for (_, arm), v in interleaved_rates([(args.model, arm) for arm in args.arms], args.precision,
+                                                         args.steps, args.rounds, args.data_dir).items()}
     base = statistics.median(rates['baseline'])
     rows = [dict(arm=arm, flags=cifar10.ARMS[arm][0], img_per_s=statistics.median(v), rounds=v,
                  cost_vs_baseline=round(base / statistics.median(v), 3),

@@ -228,12 +228,14 @@ def measure(args) -> None:
         prior = _load_report()['tags'].get(name) if args.reestimate else None
         if args.reestimate and not prior:
             raise SystemExit(f'--reestimate: {name} has no entry in {OUT}; measure it first.')
-        result = dict(measure_tag(name, args.max_all, args.bn_images, prior), command=command_line('benchmarks/elastic.py'))
+        result = dict(measure_tag(name, args.max_all, args.bn_images, prior),
+                      command=command_line('benchmarks/elastic.py'))
 
         def change(tags, name=name, result=result):
             old = tags.get(name) or {}
             if prior:  # the latency and spread measured before still hold; the spread's `shipped` is the new (a)
-                result = dict(old, **result, earlier_commands=[c for c in old.get('earlier_commands', []) + [old.get('command')] if c])
+                earlier = [c for c in old.get('earlier_commands', []) + [old.get('command')] if c]
+                result = dict(old, **result, earlier_commands=earlier)
                 top1 = {tuple(r['depths']): r['top1'] for r in result['rows']}
                 for sp in result.get('recalib_spread', []):
                     sp.update(shipped=top1[tuple(sp['depths'])], shipped_images=args.bn_images)

@@ -120,21 +120,13 @@ def timing(rounds: int = 3, steps: int = 40) -> Dict[str, Any]:
     """Median one-thread training img/s of each `TIMED` (model, arm) with the arm's exact `--stim-*` flags
     (`throughput.sweep_worker`, batch 128, 32x32, the precision the recipe picks on this CPU), each in a fresh
     process, round-robin for `rounds` rounds; cost per epoch relative to the ResNet-20 baseline."""
-    import argparse
     import arm_cost
     import cifar10
-    import throughput
     from _common import machine_info
     from timm_stim.bf16_conv import cpu_name, native_cpu_bfloat16
     precision = 'bf16' if native_cpu_bfloat16() else 'fp32'
-    point = argparse.Namespace(data_dir=str(cifar10.DATA))
     machine = machine_info(threads=1, load_key='loadavg_start')
-    rates: Dict[tuple, List[float]] = {k: [] for k in TIMED}
-    for _ in range(rounds):
-        for model, arm in TIMED:
-            rate = throughput.sweep_point(point, model, precision, json.dumps(arm_cost.stim_fields(arm)), '1x1t', steps)
-            rates[(model, arm)].append(round(rate, 1))
-            print(f'{model} {arm}: {rate:.1f} img/s', flush=True)
+    rates = arm_cost.interleaved_rates(TIMED, precision, steps, rounds, str(cifar10.DATA))
     base = statistics.median(rates[('cifar_resnet20', 'baseline')])
     rows = [dict(model=m, arm=a, img_per_s=statistics.median(r), rounds=r,
                  cost_vs_resnet20_baseline=round(base / statistics.median(r), 3)) for (m, a), r in rates.items()]
@@ -154,9 +146,9 @@ def step_cost_summary(t: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == 'timing':  # python benchmarks/trained_alone.py timing (runs paused)
-        old = json.loads(OUT.read_text()) if OUT.exists() else {}
-        OUT.write_text(json.dumps(dict(old, timing=timing()), indent=1) + '\n')
-        print(f'wrote {OUT}; now run python benchmarks/trained_alone.py')
+        old, t = json.loads(OUT.read_text()) if OUT.exists() else {}, timing()
+        OUT.write_text(json.dumps(dict(old, timing=t, step_cost=step_cost_summary(t)), indent=1) + '\n')
+        print(f'wrote {OUT}')
         return
     if len(sys.argv) > 1 and sys.argv[1] == 'subnet':  # python benchmarks/trained_alone.py subnet TAG 3,3,3
         subnet(sys.argv[2], tuple(int(d) for d in sys.argv[3].split(',')))

@@ -227,3 +227,19 @@ def test_elastic_measure_config_reuses_what_does_not_depend_on_the_shipped_stati
     calls.clear()
     full = dict(heldout_top1=95.0, top1=88.0, top1_full_stats=88.0, top1_recalib=88.0)
     assert elastic.measure_config(None, bench, (3, 3, 3), True, 10000, full) == full and calls == []
+
+
+def test_interleaved_rates_go_round_robin_and_group_by_model_and_arm(monkeypatch):
+    """arm_cost.py and trained_alone.py timing time every (model, arm) once per round, in order, so that a drift of
+    the machine touches all alike; each pair gets its own list of rates, one per round."""
+    import arm_cost
+    order = []
+
+    def fake(point, model, precision, mode, layout, steps):
+        order.append((model, json.loads(mode)['mode']))
+        return float(len(order))
+    monkeypatch.setattr(arm_cost.throughput, 'sweep_point', fake)
+    pairs = [('m8', 'baseline'), ('m20', 'stpp_scale075')]
+    rates = arm_cost.interleaved_rates(pairs, 'fp32', 5, 2, 'data')
+    assert order == [('m8', 'off'), ('m20', 'stpp')] * 2
+    assert rates == {('m8', 'baseline'): [1.0, 3.0], ('m20', 'stpp_scale075'): [2.0, 4.0]}
