@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -40,7 +41,7 @@ from timm_stim.models.weights import (GIT_PART_MB, RELEASE_MAX_MB, WHEEL_BUDGET_
                                       WeightsEntry, read_manifest, update_manifest)
 
 __all__ = ['DOCUMENTS', 'MODEL_CARD', 'blocks', 'update', 'headline', 'controls', 'archs_table', 'finetune_tables',
-           'quickstart', 'zoo_table', 'zoo_card', 'record_comparisons', 'main']
+           'quickstart', 'zoo_table', 'zoo_card', 'record_comparisons', 'stale_comparisons', 'main']
 
 DOCUMENTS = (ROOT / 'README.md', ROOT / 'benchmarks' / 'README.md', ROOT / 'docs' / 'guide.md')  # generated blocks
 MODEL_CARD = ROOT / 'MODEL_CARD.md'  # generated whole
@@ -393,9 +394,20 @@ def record_comparisons(weights: Optional[Path] = None, results_dir: Optional[Pat
     runs = load_results(results_dir)
 
     def change(entries: List[WeightsEntry]) -> Tuple[List[WeightsEntry], Dict[str, bytes]]:
-        return [dataclasses.replace(e, comparison=comparison_record(
-            e.model, e.dataset, e.train_args.get('epochs'), runs, results_dir)) for e in entries], {}
+        return [dataclasses.replace(e, comparison=_current_comparison(e, runs, results_dir)) for e in entries], {}
     return update_manifest(change, weights or ROOT / 'weights')
+
+
+def _current_comparison(e: WeightsEntry, runs: Sequence[Dict[str, Any]],
+                        results_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """The `comparison_record` of `e` from the results as they are now, as the manifest stores it (JSON types)."""
+    return json.loads(json.dumps(comparison_record(e.model, e.dataset, e.train_args.get('epochs'), runs, results_dir)))
+
+
+def stale_comparisons(entries: Sequence[WeightsEntry], runs: Sequence[Dict[str, Any]],
+                      results_dir: Optional[Path] = None) -> List[str]:
+    """The tags whose recorded comparison (what their Hub card shows) differs from the results as they are now."""
+    return [e.name for e in entries if e.comparison != _current_comparison(e, runs, results_dir)]
 
 
 # ---------------------------------------------------------------------------------------------- documents
@@ -435,7 +447,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.check:
         for path in stale:
             print(f'{path} is stale: run python benchmarks/docs.py', file=sys.stderr)
-        return 1 if stale else 0
+        cards = stale_comparisons(entries, runs)
+        if cards:
+            print(f'the Hub cards of {", ".join(cards)} are stale (weights/manifest.json `comparison`): run python '
+                  f'benchmarks/docs.py --record-comparisons', file=sys.stderr)
+        return 1 if stale or cards else 0
     for path in stale:
         path.write_text(outputs[path])
         print(f'wrote {path}')

@@ -411,18 +411,11 @@ def elastic_table(data: Data) -> str:
 
 
 # -------------------------------------------------------------------------------------- trained_alone.json
-def _seeds_mean(s: Optional[Data]) -> str:
-    """'86.51 ± 0.05 (n=3)' / '88.38 (n=1)' over seeds, of a trained_alone.json summary; 'n/a yet' without one."""
-    if not s:
-        return 'n/a yet'
-    spread = f' ± {s["sd"]:.2f}' if s.get('sd') is not None else ''
-    return f'{s["mean"]:.2f}{spread} (n={s["n"]})'
-
-
 def trained_alone_table(data: Data) -> str:
     """Each ST++ sub-network next to the same architecture trained alone (trained_alone.json `pairs`), every pair of
     benchmarks/trained_alone.py's PAIRS shown, 'n/a yet' until its runs finish; then the training cost."""
     from trained_alone import PAIRS
+    from timm_stim.cards import seeds_mean
     found = {(p['st_model'], tuple(p['depths']), p['trained_alone'], p['epochs']): p for p in data['pairs']}
     rows = ['| ST++ network at depths | epochs | its top-1 (seeds) | trained alone | top-1 (seeds) | minus | '
             'hours, ST++ / alone |', '|---' * 7 + '|']
@@ -432,8 +425,8 @@ def trained_alone_table(data: Data) -> str:
             p = found.get((model, tuple(depths), alone, ep))
             minus = f'{p["minus"]:+.2f}' if p else 'n/a yet'
             hours = f'{_num(p["st_hours"], 2)} / {_num(p["alone_hours"], 2)}' if p else 'n/a yet'
-            rows.append(f'| `{model}` at {_depths(dict(depths=depths))} | {ep} | {_seeds_mean(p and p["subnetwork"])} '
-                        f'| `{alone}` | {_seeds_mean(p and p["alone"])} | {minus} | {hours} |')
+            rows.append(f'| `{model}` at {_depths(dict(depths=depths))} | {ep} | {seeds_mean(p and p["subnetwork"])} '
+                        f'| `{alone}` | {seeds_mean(p and p["alone"])} | {minus} | {hours} |')
     c = data.get('cost') or {}
     alone_hours = c.get('alone_hours') or {}
     total = c.get('alone_total')

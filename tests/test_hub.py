@@ -519,6 +519,30 @@ def test_release_and_card_record_a_run_that_changed_precision(tmp_path):
                                                                     num_classes=10))
 
 
+def test_card_shows_sub_networks_against_the_same_networks_trained_alone(tmp_path):
+    """A card of an architecture in trained_alone.json (issue 27) lists, at its epochs, each ST++ sub-network next to
+    the same network trained alone, losses included; other architectures and schedules are left out."""
+    from timm_stim.cards import comparison_record, comparison_text
+    runs = [dict(model='cifar_resnet20', dataset='cifar10', arm=arm, seed=0, epochs=30, top1=v, results_file='c.json')
+            for arm, v in (('baseline', 87.0), ('stpp_scale075', 86.5))]
+    pair = dict(st_model='cifar_resnet20_stim', st_arm='stpp_scale075', trained_alone='cifar_resnet8',
+                subnetwork=dict(mean=78.08, sd=0.18, n=3), alone=dict(mean=81.79, sd=0.45, n=3), minus=-3.72)
+    pairs = [dict(pair, depths=[1, 1, 1], epochs=30), dict(pair, depths=[2, 2, 2], epochs=100, minus=-0.4),
+             dict(pair, st_model='cifar_resnet56_stim', trained_alone='cifar_resnet20', depths=[3, 3, 3], epochs=30,
+                  subnetwork=dict(mean=85.14, sd=None, n=1), minus=-1.93)]
+    (tmp_path / 'trained_alone.json').write_text(json.dumps(dict(pairs=pairs)))
+    record = json.loads(json.dumps(comparison_record('cifar_resnet20_stim', 'cifar10', 30, runs, tmp_path)))
+    text = ' '.join(comparison_text(record).split())
+    assert ('`cifar_resnet20_stim` (stpp_scale075, 30 epochs) at (1,1,1): 78.08 ± 0.18 (n=3) against `cifar_resnet8` '
+            'trained alone 81.79 ± 0.45 (n=3): -3.72 pt') in text
+    assert 'at (3,3,3): 85.14 (n=1) against `cifar_resnet20` trained alone' in text  # ResNet-20 as the one alone
+    assert '-0.40' not in text and 'trained_alone.json' in text  # the 100-epoch pair is not this card's schedule
+    other = comparison_record('mobilenetv3_large_100_stim', 'cifar10', 30, runs, tmp_path)
+    assert other['trained_alone'] == [] and 'trained alone' not in comparison_text(other)
+    (tmp_path / 'trained_alone.json').unlink()  # not measured: no claim
+    assert 'trained alone' not in comparison_text(comparison_record('cifar_resnet20', 'cifar10', 30, runs, tmp_path))
+
+
 def test_card_depth_table_says_how_it_was_measured_and_whether_held_out_numbers_are_clean():
     """A tag re-released with per-depth statistics: its table is measured exactly as a user runs it (shipped
     statistics, no data) and says so, with the held-out top-1 and, for a tag trained on all train images, that the

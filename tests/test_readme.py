@@ -100,8 +100,9 @@ def test_pick_a_depth_runs_as_written():
 
 def test_documents_are_current():
     """README.md, benchmarks/README.md, docs/guide.md and MODEL_CARD.md hold what `python benchmarks/docs.py` writes
-    (it reads benchmarks/results/*.json and the manifest), and README names every released tag."""
-    assert docs.main(['--check']) == 0, 'a document is stale: run python benchmarks/docs.py'
+    (it reads benchmarks/results/*.json and the manifest), every tag's recorded comparison (its Hub card) is what the
+    results give now, and README names every released tag."""
+    assert docs.main(['--check']) == 0, 'a document or Hub card is stale: run python benchmarks/docs.py (see stderr)'
     readme = README.read_text()
     assert all(f'`{e.name}`' in readme for e in read_manifest(REPO / 'weights'))
     for name in ('quickstart', 'zoo', 'numbers', 'elastic', 'trained-alone', 'controls'):

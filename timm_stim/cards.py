@@ -27,7 +27,8 @@ from huggingface_hub import EvalResult, ModelCardData
 from .models.weights import WeightsEntry
 
 __all__ = ['model_card', 'card_data', 'depth_table', 'load_results', 'arm_stats', 'setbacks', 'comparison_record',
-           'comparison_text', 'sub_mean', 'limitations', 'HEADLINE_RUNS', 'PLOT_NAME']
+           'comparison_text', 'sub_mean', 'seeds_mean', 'trained_alone_pairs', 'limitations', 'HEADLINE_RUNS',
+           'PLOT_NAME']
 
 ROOT = Path(__file__).resolve().parents[1]  # a clone's root: benchmarks/results/ is read only there, at release
 PLOT_NAME = 'depth_robustness.png'
@@ -269,6 +270,14 @@ def _fmt(v: Optional[float], digits: int = 2) -> str:
     return '-' if v is None else f'{v:.{digits}f}'
 
 
+def seeds_mean(s: Optional[Dict[str, Any]]) -> str:
+    """'86.51 ± 0.05 (n=3)' / '88.38 (n=1)': a summary over seeds ({mean, sd, n}); 'n/a yet' without one."""
+    if not s:
+        return 'n/a yet'
+    spread = f' ± {s["sd"]:.2f}' if s.get('sd') is not None else ''
+    return f'{s["mean"]:.2f}{spread} (n={s["n"]})'
+
+
 def _details(entry: WeightsEntry) -> str:
     s, size = entry.stats, entry.input_size or []
     lines = [
@@ -372,7 +381,39 @@ def comparison_record(model: str, dataset: str, epochs: Optional[int], runs: Seq
         stats = _stats_by_schedule(runs, model, dataset)
         record['headline'] = comparisons(stats, step_costs(results_dir))
     record['files'] = sorted({f for st in stats.values() for f in st['files']})
+    record['trained_alone'] = trained_alone_pairs(model, epochs, results_dir)
+    if record['trained_alone']:
+        record['files'] = sorted(set(record['files']) | {TRAINED_ALONE})
     return record
+
+
+TRAINED_ALONE = 'trained_alone.json'  # benchmarks/trained_alone.py: ST++ sub-networks vs the same networks alone
+
+
+def trained_alone_pairs(model: str, epochs: Optional[int], results_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
+    """The `pairs` of trained_alone.json (issue 27) in which `model`'s architecture is the ST++ network or the
+    network trained alone, at `epochs`: each an ST++ sub-network's top-1 over seeds next to the same architecture
+    trained alone. [] when not measured."""
+    path = (Path(results_dir) if results_dir is not None else ROOT / 'benchmarks' / 'results') / TRAINED_ALONE
+    try:
+        pairs = json.loads(path.read_text())['pairs']
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    keep = ('st_model', 'st_arm', 'depths', 'trained_alone', 'epochs', 'subnetwork', 'alone', 'minus')
+    return [{k: p[k] for k in keep if k in p} for p in pairs
+            if _base(model) in (_base(p['st_model']), _base(p['trained_alone'])) and _same_epochs(epochs, p['epochs'])]
+
+
+def _trained_alone_text(pairs: Sequence[Dict[str, Any]]) -> str:
+    """The card's lines for `trained_alone_pairs`: sub-network minus the same network trained alone."""
+    if not pairs:
+        return ''
+    lines = [f'`{p["st_model"]}` ({p.get("st_arm", "ST++")}, {p["epochs"]} epochs) at '
+             f'({",".join(str(d) for d in p["depths"])}): {seeds_mean(p["subnetwork"])} against `{p["trained_alone"]}` '
+             f'trained alone {seeds_mean(p["alone"])}: {signed(p["minus"])} pt' for p in pairs]
+    return ('\n\nSub-networks against the same networks trained alone (sub-network: BN re-estimated on 2,000 training '
+            'images per configuration; trained alone: its final top-1; same recipe and train images; a negative '
+            'difference is a loss):\n' + '\n'.join(f'- {line}' for line in lines))
 
 
 def comparison_text(record: Dict[str, Any]) -> str:
@@ -399,6 +440,7 @@ def comparison_text(record: Dict[str, Any]) -> str:
     text += _setback_block(record.get('setbacks') or [])
     if record.get('headline'):
         text += '\n\n' + '\n'.join(f'- {line}' for line in record['headline'])
+    text += _trained_alone_text(record.get('trained_alone') or [])
     return text + f'\n\nSource: `benchmarks/results/{"`, `".join(record.get("files") or [])}`.\n'
 
 
