@@ -93,7 +93,8 @@ def compare(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 continue
             st_hours = statistics.mean(r['train_hours'] for r in st)
             out.append(dict(
-                st_model=model, st_arm=ST_ARM, depths=list(depths), trained_alone=alone, epochs=epochs,
+                st_model=model, st_arm=ST_ARM, dataset='cifar10', depths=list(depths), trained_alone=alone,
+                epochs=epochs,
                 subnetwork=_summary([t for _, t in st_top]), subnetwork_seeds=[s for s, _ in st_top],
                 alone=_summary([r['top1'] for r in ref]), alone_seeds=[r['seed'] for r in ref],
                 minus=round(statistics.mean(t for _, t in st_top) - statistics.mean(r['top1'] for r in ref), 2),

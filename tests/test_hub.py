@@ -539,6 +539,7 @@ def test_card_shows_sub_networks_against_the_same_networks_trained_alone(tmp_pat
     assert '-0.40' not in text and 'trained_alone.json' in text  # the 100-epoch pair is not this card's schedule
     other = comparison_record('mobilenetv3_large_100_stim', 'cifar10', 30, runs, tmp_path)
     assert other['trained_alone'] == [] and 'trained alone' not in comparison_text(other)
+    assert comparison_record('cifar_resnet20_stim', 'fashion_mnist', 30, runs, tmp_path)['trained_alone'] == []
     (tmp_path / 'trained_alone.json').unlink()  # not measured: no claim
     assert 'trained alone' not in comparison_text(comparison_record('cifar_resnet20', 'cifar10', 30, runs, tmp_path))
 

@@ -381,7 +381,7 @@ def comparison_record(model: str, dataset: str, epochs: Optional[int], runs: Seq
         stats = _stats_by_schedule(runs, model, dataset)
         record['headline'] = comparisons(stats, step_costs(results_dir))
     record['files'] = sorted({f for st in stats.values() for f in st['files']})
-    record['trained_alone'] = trained_alone_pairs(model, epochs, results_dir)
+    record['trained_alone'] = trained_alone_pairs(model, dataset, epochs, results_dir)
     if record['trained_alone']:
         record['files'] = sorted(set(record['files']) | {TRAINED_ALONE})
     return record
@@ -390,10 +390,11 @@ def comparison_record(model: str, dataset: str, epochs: Optional[int], runs: Seq
 TRAINED_ALONE = 'trained_alone.json'  # benchmarks/trained_alone.py: ST++ sub-networks vs the same networks alone
 
 
-def trained_alone_pairs(model: str, epochs: Optional[int], results_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
+def trained_alone_pairs(model: str, dataset: str, epochs: Optional[int],
+                        results_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
     """The `pairs` of trained_alone.json (issue 27) in which `model`'s architecture is the ST++ network or the
-    network trained alone, at `epochs`: each an ST++ sub-network's top-1 over seeds next to the same architecture
-    trained alone. [] when not measured."""
+    network trained alone, on `dataset` at `epochs`: each an ST++ sub-network's top-1 over seeds next to the same
+    architecture trained alone. [] when not measured."""
     path = (Path(results_dir) if results_dir is not None else ROOT / 'benchmarks' / 'results') / TRAINED_ALONE
     try:
         pairs = json.loads(path.read_text())['pairs']
@@ -401,7 +402,8 @@ def trained_alone_pairs(model: str, epochs: Optional[int], results_dir: Optional
         return []
     keep = ('st_model', 'st_arm', 'depths', 'trained_alone', 'epochs', 'subnetwork', 'alone', 'minus')
     return [{k: p[k] for k in keep if k in p} for p in pairs
-            if _base(model) in (_base(p['st_model']), _base(p['trained_alone'])) and _same_epochs(epochs, p['epochs'])]
+            if _base(model) in (_base(p['st_model']), _base(p['trained_alone']))
+            and p.get('dataset', 'cifar10') == dataset and _same_epochs(epochs, p['epochs'])]
 
 
 def _trained_alone_text(pairs: Sequence[Dict[str, Any]]) -> str:
