@@ -243,3 +243,15 @@ def test_interleaved_rates_go_round_robin_and_group_by_model_and_arm(monkeypatch
     rates = arm_cost.interleaved_rates(pairs, 'fp32', 5, 2, 'data')
     assert order == [('m8', 'off'), ('m20', 'stpp')] * 2
     assert rates == {('m8', 'baseline'): [1.0, 3.0], ('m20', 'stpp_scale075'): [2.0, 4.0]}
+
+
+def test_trained_alone_json_is_what_the_collected_runs_give():
+    """trained_alone.json pairs and cost are recomputed from the committed cifar10.json: a collect that adds a run
+    (another seed, a longer schedule) without `python benchmarks/trained_alone.py` fails here, not in a card."""
+    import trained_alone
+    runs = json.loads((trained_alone.RESULTS / 'cifar10.json').read_text())['runs']
+    data = json.loads(trained_alone.OUT.read_text())
+    assert data['pairs'] == trained_alone.compare(runs), 'stale: run python benchmarks/trained_alone.py'
+    assert data['cost'] == trained_alone.cost(runs)
+    (p,) = [p for p in data['pairs'] if p['depths'] == [1, 1, 1] and p['epochs'] == 30]
+    assert p['trained_alone'] == 'cifar_resnet8' and p['subnetwork']['n'] == p['alone']['n'] == 3  # issue 27's seeds
