@@ -352,8 +352,8 @@ def _where_weights(entries: Sequence[WeightsEntry]) -> str:
         f'inside the wheel (PyPI limit 100 MB), with its per-depth BatchNorm statistics '
         f'(`<model>.<tag>.depths.safetensors`) when it has them. All of them together stay within {WHEEL_BUDGET_MB} '
         f'MB: one more is refused by the release command, which names the way out.',
-        f'A larger one, and any tag released with `--out-of-wheel` (the baselines of timm\'s architectures), is '
-        f'`weights/hub/<model>.<tag>.safetensors`, kept out of the wheel'
+        'A larger one, and any tag released with `--out-of-wheel` (the baselines of timm\'s architectures), is '
+        '`weights/hub/<model>.<tag>.safetensors`, kept out of the wheel'
         + (f'; so are the default tags of {", ".join(large)}, whose files are too large for it' if large else '')
         + f'. Git holds it as byte parts of at most {GIT_PART_MB} MB (`<file>.part1of2`, ...; GitHub refuses files '
         f'over 100 MB), which a clone joins on first use; an installed wheel fetches it from the Hub at the revision '

@@ -22,7 +22,6 @@ difference, ok, seconds, how it was installed). Exits 1 when a measured tag miss
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

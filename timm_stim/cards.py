@@ -282,20 +282,20 @@ def _details(entry: WeightsEntry) -> str:
     s, size = entry.stats, entry.input_size or []
     lines = [
         '## Model Details',
-        f'- **Model Type:** Image classification / feature backbone, elastic depth',
-        f'- **Model Stats:**',
+        '- **Model Type:** Image classification / feature backbone, elastic depth',
+        '- **Model Stats:**',
         f'  - Params (M): {_fmt(s.get("params_m"))}',
         f'  - GMACs: {_fmt(s.get("gmacs"), 3)}',
         f'  - Activations (M): {_fmt(s.get("activations_m"))}',
         f'  - Image size: {"x".join(str(v) for v in size[1:]) or "-"}',
-        f'- **Papers:**',
-        f'  - Stimulative Training of Residual Networks: A Social Psychology Perspective of Loafing: '
-        f'https://arxiv.org/abs/2210.04153',
-        f'  - Stimulative Training++: Go Beyond The Performance Limits of Residual Networks: '
-        f'https://arxiv.org/abs/2305.02507',
+        '- **Papers:**',
+        '  - Stimulative Training of Residual Networks: A Social Psychology Perspective of Loafing: '
+        'https://arxiv.org/abs/2210.04153',
+        '  - Stimulative Training++: Go Beyond The Performance Limits of Residual Networks: '
+        'https://arxiv.org/abs/2305.02507',
         f'- **Dataset:** {_DATASETS.get(entry.dataset, entry.dataset or "-")}',
         f'- **Weights:** `{entry.file}` ({entry.storage_dtype}, {entry.size} bytes, sha256 `{entry.sha256}`)',
-        f'- **Code:** timm-stim (the `timm_stim` package: `timm-stim-train`, `timm-stim-release`)',
+        '- **Code:** timm-stim (the `timm_stim` package: `timm-stim-train`, `timm-stim-release`)',
     ]
     return '\n'.join(lines) + '\n'
 
