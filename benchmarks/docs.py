@@ -318,10 +318,13 @@ def zoo_table(entries: Sequence[WeightsEntry]) -> str:
     rows += [f'| `{e.name}` | {_fmt(e.metrics.get("top1"))} | {_fmt(sub_mean(e.depths))} | {_smallest_no_data(e)} | '
              f'{_fmt(e.stats.get("params_m"))} | {_where(e)} |' for e in entries]
     unclean = [e for e in entries if not e.train_args.get('holdout')]
+    marks_used = {_smallest_no_data(e) for e in entries}
+    legend = '; '.join(text for mark, text in (('n/a yet', 'n/a yet: not re-released with statistics yet'),
+                                               ('-', '-: a base-model tag, none ship')) if mark in marks_used)
     intro = (f'{", ".join(datasets)} test top-1 (%), re-measured in float32 at release. Sub-network mean: the tag\'s '
              'per-depth table, full network left out. Smallest, no data: its smallest shipped configuration with the '
-             'per-depth BatchNorm statistics the tag ships, as `pretrained=True` and the depth switch give it (n/a '
-             'yet: not re-released with statistics yet; -: a base-model tag, none ship). Where: wheel = in the wheel '
+             'per-depth BatchNorm statistics the tag ships, as `pretrained=True` and the depth switch give it'
+             + (f' ({legend})' if legend else '') + '. Where: wheel = in the wheel '
              '(top-level `weights/*.safetensors`); git parts = `weights/hub/`, in git as parts a clone joins, not in '
              'the wheel. ' + (f'{len(pinned)} tag(s) pushed to the Hub at a pinned revision.' if pinned
                               else 'Nothing is on the Hub yet (no pinned push): git-parts tags load from a clone only.')

@@ -150,7 +150,9 @@ def test_zoo_says_where_each_file_is_and_what_the_smallest_depth_gives_with_no_d
     assert '| `resnet18_stim.c` | 88.00 | 73.00 | n/a yet | 0.27 | wheel |' in text
     flat = _flat(text)
     assert '1 tag(s) pushed to the Hub' in flat and '2 of the 3 tags were trained on all training images' in flat
+    assert 'n/a yet: not re-released' in flat and '-: a base-model tag' in flat  # the legend of the marks shown
     assert 'Nothing is on the Hub yet' in _flat(docs.zoo_table([base]))
+    assert 'n/a yet' not in _flat(docs.zoo_table([base, shipped]))  # no mark left unexplained, none explained unused
     card = docs.zoo_card([base, shipped, waiting])
     assert 'so are the default tags of `cifar_resnet20_stim`' in _flat(card) and 'timm-stim-train x' in card
     assert docs.zoo_table([]).startswith('No trained checkpoint has been released yet')
