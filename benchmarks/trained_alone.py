@@ -141,7 +141,7 @@ def step_cost_summary(t: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     if not t:
         return None
     cost = {(r['model'], r['arm']): r['cost_vs_resnet20_baseline'] for r in t['rows']}
-    alone = {m: cost[(m, 'baseline')] for m in ('cifar_resnet8', 'cifar_resnet14', 'cifar_resnet20')}
+    alone = {m: cost[(m, a)] for m, a in TIMED if a == 'baseline'}
     return dict(st=cost[('cifar_resnet20_stim', ST_ARM)], alone=alone, alone_total=round(sum(alone.values()), 3))
 
 

@@ -530,12 +530,13 @@ def test_card_shows_sub_networks_against_the_same_networks_trained_alone(tmp_pat
     pairs = [dict(pair, depths=[1, 1, 1], epochs=30), dict(pair, depths=[2, 2, 2], epochs=100, minus=-0.4),
              dict(pair, st_model='cifar_resnet56_stim', trained_alone='cifar_resnet20', depths=[3, 3, 3], epochs=30,
                   subnetwork=dict(mean=85.14, sd=None, n=1), minus=-1.93)]
-    (tmp_path / 'trained_alone.json').write_text(json.dumps(dict(pairs=pairs)))
+    (tmp_path / 'trained_alone.json').write_text(json.dumps(dict(pairs=pairs, note='how both sides were measured')))
     record = json.loads(json.dumps(comparison_record('cifar_resnet20_stim', 'cifar10', 30, runs, tmp_path)))
     text = ' '.join(comparison_text(record).split())
     assert ('`cifar_resnet20_stim` (stpp_scale075, 30 epochs) at (1,1,1): 78.08 ± 0.18 (n=3) against `cifar_resnet8` '
             'trained alone 81.79 ± 0.45 (n=3): -3.72 pt') in text
     assert 'at (3,3,3): 85.14 (n=1) against `cifar_resnet20` trained alone' in text  # ResNet-20 as the one alone
+    assert 'trained alone (how both sides were measured; a negative difference is a loss)' in text  # the file's note
     assert '-0.40' not in text and 'trained_alone.json' in text  # the 100-epoch pair is not this card's schedule
     other = comparison_record('mobilenetv3_large_100_stim', 'cifar10', 30, runs, tmp_path)
     assert other['trained_alone'] == [] and 'trained alone' not in comparison_text(other)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCardData
 
@@ -32,6 +32,7 @@ __all__ = ['model_card', 'card_data', 'depth_table', 'load_results', 'arm_stats'
 
 ROOT = Path(__file__).resolve().parents[1]  # a clone's root: benchmarks/results/ is read only there, at release
 PLOT_NAME = 'depth_robustness.png'
+TRAINED_ALONE = 'trained_alone.json'  # benchmarks/trained_alone.py: ST++ sub-networks vs the same networks alone
 _MODES = {'stpp': 'with Stimulative Training++', 'st': 'with Stimulative Training',
           'off': 'without Stimulative Training (the plain baseline, published for comparison)'}
 _DATASETS = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100', 'imagenet1k': 'ImageNet-1k'}
@@ -381,40 +382,39 @@ def comparison_record(model: str, dataset: str, epochs: Optional[int], runs: Seq
         stats = _stats_by_schedule(runs, model, dataset)
         record['headline'] = comparisons(stats, step_costs(results_dir))
     record['files'] = sorted({f for st in stats.values() for f in st['files']})
-    record['trained_alone'] = trained_alone_pairs(model, dataset, epochs, results_dir)
+    record['trained_alone'], record['trained_alone_note'] = trained_alone_pairs(model, dataset, epochs, results_dir)
     if record['trained_alone']:
         record['files'] = sorted(set(record['files']) | {TRAINED_ALONE})
     return record
 
 
-TRAINED_ALONE = 'trained_alone.json'  # benchmarks/trained_alone.py: ST++ sub-networks vs the same networks alone
-
 
 def trained_alone_pairs(model: str, dataset: str, epochs: Optional[int],
-                        results_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
+                        results_dir: Optional[Path] = None) -> Tuple[List[Dict[str, Any]], str]:
     """The `pairs` of trained_alone.json (issue 27) in which `model`'s architecture is the ST++ network or the
     network trained alone, on `dataset` at `epochs`: each an ST++ sub-network's top-1 over seeds next to the same
-    architecture trained alone. [] when not measured."""
+    architecture trained alone; and the file's `note` (how both sides were measured). ([], '') when not measured."""
     path = (Path(results_dir) if results_dir is not None else ROOT / 'benchmarks' / 'results') / TRAINED_ALONE
     try:
-        pairs = json.loads(path.read_text())['pairs']
+        data = json.loads(path.read_text())
+        pairs = data['pairs']
     except (OSError, ValueError, KeyError, TypeError):
-        return []
+        return [], ''
     keep = ('st_model', 'st_arm', 'depths', 'trained_alone', 'epochs', 'subnetwork', 'alone', 'minus')
-    return [{k: p[k] for k in keep if k in p} for p in pairs
+    mine = [{k: p[k] for k in keep if k in p} for p in pairs
             if _base(model) in (_base(p['st_model']), _base(p['trained_alone']))
             and p.get('dataset', 'cifar10') == dataset and _same_epochs(epochs, p['epochs'])]
+    return mine, str(data.get('note', '')) if mine else ''
 
 
-def _trained_alone_text(pairs: Sequence[Dict[str, Any]]) -> str:
+def _trained_alone_text(pairs: Sequence[Dict[str, Any]], note: str = '') -> str:
     """The card's lines for `trained_alone_pairs`: sub-network minus the same network trained alone."""
     if not pairs:
         return ''
     lines = [f'`{p["st_model"]}` ({p.get("st_arm", "ST++")}, {p["epochs"]} epochs) at '
              f'({",".join(str(d) for d in p["depths"])}): {seeds_mean(p["subnetwork"])} against `{p["trained_alone"]}` '
              f'trained alone {seeds_mean(p["alone"])}: {signed(p["minus"])} pt' for p in pairs]
-    return ('\n\nSub-networks against the same networks trained alone (sub-network: BN re-estimated on 2,000 training '
-            'images per configuration; trained alone: its final top-1; same recipe and train images; a negative '
+    return (f'\n\nSub-networks against the same networks trained alone ({note}{"; " if note else ""}a negative '
             'difference is a loss):\n' + '\n'.join(f'- {line}' for line in lines))
 
 
@@ -442,7 +442,7 @@ def comparison_text(record: Dict[str, Any]) -> str:
     text += _setback_block(record.get('setbacks') or [])
     if record.get('headline'):
         text += '\n\n' + '\n'.join(f'- {line}' for line in record['headline'])
-    text += _trained_alone_text(record.get('trained_alone') or [])
+    text += _trained_alone_text(record.get('trained_alone') or [], record.get('trained_alone_note') or '')
     return text + f'\n\nSource: `benchmarks/results/{"`, `".join(record.get("files") or [])}`.\n'
 
 
